@@ -1,0 +1,1 @@
+"""Streaming video-language benchmark harness: the engine (records, video, simulator, runner)."""

@@ -1,0 +1,37 @@
+"""What a benchmark adapter provides: samples, the prompt it asks, and its official parsing and scoring."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from harness.records import Query, StreamSample, Truth
+from harness.registry import Registry
+
+
+class Benchmark(Protocol):
+    tasks: tuple[str, ...]  # task families in table order
+
+    def load(self) -> list[StreamSample]:
+        """Read (or on first use generate) the data; malformed input raises DataError."""
+        ...
+
+    def prompt(self, query: Query) -> str:
+        """The text the model is asked, options included."""
+        ...
+
+    def fired(self, text: str) -> bool:
+        """Whether a reply to a proactive trigger question means "yes, now"."""
+        ...
+
+    def parse(self, query: Query, text: str) -> str | None:
+        """The answer in the form the scorer compares (e.g. an option letter); None if unreadable."""
+        ...
+
+    def score(
+        self, query: Query, truth: Truth, parsed: str | None, response_time_s: float | None
+    ) -> tuple[float, dict[str, float]]:
+        """Score in [0, 1] and named sub-scores (proactive: time and content)."""
+        ...
+
+
+DATASETS: Registry[Benchmark] = Registry("dataset")

@@ -1,0 +1,119 @@
+"""Typed configs of a job: parse Hydra's composed config into a `Job` (what decides the answers,
+hashed) and a `RunSettings` (how it runs, never hashed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import backends
+from harness import benchmarks, memory, routers, scheduler
+from harness.errors import ConfigError
+from harness.registry import Choice, Registry
+from harness.system import SystemConfig
+
+COMPONENTS: dict[str, Registry[Any]] = {
+    "dataset": benchmarks.DATASETS,
+    "backend": backends.BACKENDS,
+    "router": routers.ROUTERS,
+    "memory": memory.MEMORIES,
+    "scheduler": scheduler.SCHEDULERS,
+}
+
+
+@dataclass
+class RunConfig:
+    """How a job runs. None of it changes an answer, so none of it is in the config hash."""
+
+    name: str = "default"  # the sweep folder: <output_root>/<name>/
+    output_root: str = "outputs"
+    concurrency: int = 4  # streams played at once
+    retry_errors: bool = False  # re-run queries whose record is an error
+    progress: bool = True  # tqdm bar per job
+
+
+@dataclass
+class ShardConfig:
+    """Samples are split by a stable hash of their id; a job runs one shard or all of them."""
+
+    count: int = 4
+    index: Optional[int] = None  # None: every shard, in this job
+
+
+@dataclass
+class RootConfig:
+    """The top level; unknown keys fail at compose time."""
+
+    dataset: Any = MISSING
+    backend: Any = MISSING
+    router: Any = MISSING
+    memory: Any = MISSING
+    scheduler: Any = MISSING
+    system: Any = MISSING
+    run: RunConfig = field(default_factory=RunConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything that decides the answers. Its hash names the records it produces."""
+
+    dataset: Choice
+    backend: Choice
+    router: Choice
+    memory: Choice
+    scheduler: Choice
+    system: SystemConfig
+
+    def semantic(self) -> dict[str, Any]:
+        """The job as plain data (what config.yaml holds and the hash covers)."""
+        out = {c.kind: _plain(c.config) for c in (self.dataset, self.backend, self.router, self.memory, self.scheduler)}
+        out["system"] = _plain(self.system)
+        return out
+
+    def config_hash(self) -> str:
+        canon = json.dumps(self.semantic(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def register() -> None:
+    """Store the schemas Hydra validates against (components register their own on import)."""
+    store = ConfigStore.instance()
+    store.store(name="schema_root", node=RootConfig)
+    store.store(group="schema/system", name="default", node=SystemConfig)
+    if not OmegaConf.has_resolver("slug"):
+        OmegaConf.register_new_resolver("slug", slug)
+
+
+def slug(text: str) -> str:
+    """A folder name from Hydra's override string: unsafe characters become '_', empty is 'default'."""
+    return re.sub(r"[^A-Za-z0-9=,._+-]", "_", text) or "default"
+
+
+def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
+    """Parse every node of a composed config; raises ConfigError naming the node and the fix."""
+    choices = {kind: registry.parse(cfg[kind]) for kind, registry in COMPONENTS.items()}
+    try:
+        system = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SystemConfig), cfg.system))
+        run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg.run))
+        shard = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ShardConfig), cfg.shard))
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{e}") from None
+    if shard.count < 1 or (shard.index is not None and not 0 <= shard.index < shard.count):
+        raise ConfigError(
+            f"shard.index={shard.index} with shard.count={shard.count}: the index must be in 0..count-1 (or null for all)"
+        )
+    if run.concurrency < 1:
+        raise ConfigError(f"run.concurrency={run.concurrency}: must be >= 1")
+    return Job(system=system, **choices), run, shard  # type: ignore[arg-type]
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)  # type: ignore[return-value]

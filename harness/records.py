@@ -1,0 +1,138 @@
+"""Values that flow through one job. Frozen: a stage never edits what an earlier stage produced.
+
+Ground truth lives in `Truth`, beside `Query` rather than inside it, so a system that is handed a
+`Query` cannot read the answer (invariant 1 is a property of the types).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping
+
+import numpy as np
+
+QueryKind = Literal["mcq", "open", "count", "yes_no", "proactive"]
+Route = Literal["S1", "S2"]
+RECORD_SCHEMA = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A question asked at time_s. Carries nothing a system must not see."""
+
+    id: str
+    time_s: float
+    text: str
+    task: str  # task family, e.g. "realtime"; a rule scheduler may route on it
+    kind: QueryKind
+    options: tuple[str, ...] = ()
+    follows: str | None = None  # id of the earlier query of the stream this one refers to
+    trigger: str | None = None  # proactive: the yes/no question polled until it fires
+
+
+@dataclass(frozen=True, slots=True)
+class Truth:
+    """What only the scorer and analysis read."""
+
+    query_id: str
+    answer: str
+    evidence_s: tuple[float, ...] = ()  # when the evidence is on screen (analysis, router training)
+    window_s: tuple[float, float] | None = None  # proactive: when a response counts
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSample:
+    """One video played as a stream, with the queries asked while it plays."""
+
+    id: str
+    video: str  # path of the video file
+    duration_s: float
+    queries: tuple[Query, ...]
+    truths: Mapping[str, Truth]  # by query id
+    extras: Mapping[str, Any] = field(default_factory=dict)  # read only by its own adapter
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """A frame of the stream: the picture on screen at time_s."""
+
+    index: int  # position in the sampled stream (0, 1, 2, ... at the stream fps)
+    time_s: float
+    pixels: np.ndarray  # H x W x 3, uint8, RGB
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """An earlier question of the stream and the system's own answer to it."""
+
+    question: str
+    answer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What a backend gets: frames in time order, the prompt, earlier turns, generation limits."""
+
+    time_s: float  # the stream clock; every frame has time_s <= this
+    route: Route
+    frames: tuple[Frame, ...]
+    prompt: str
+    history: tuple[Turn, ...] = ()
+    max_new_tokens: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What a backend returns for one call."""
+
+    text: str
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0  # measured wall time of the call
+    modelled_latency_s: float | None = None  # the backend's latency model, where it has one
+    finish_reason: str = "stop"
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One JSONL line per query; with the job's config.yaml it is all analysis needs."""
+
+    schema: int
+    config_hash: str
+    sample_id: str
+    query_id: str
+    task: str
+    kind: str
+    time_s: float  # when the query was asked
+    route: Route | None  # None when the query failed before it was routed
+    route_reason: str
+    frame_times_s: tuple[float, ...]  # what the model saw for the answer: provenance, leakage check
+    response: str | None  # raw text of the answering call
+    parsed: str | None
+    score: float | None  # None only for error records
+    latency_s: float  # measured wall time of all calls for this query
+    modelled_latency_s: float | None
+    tokens_in: int
+    tokens_out: int
+    n_calls: int  # backend calls made (proactive polls included)
+    cost_usd: float
+    response_time_s: float | None = None  # stream time of the answer (proactive)
+    subscores: Mapping[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def has_error(self) -> bool:
+        return self.error is not None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, line: str) -> ResultRecord:
+        data = json.loads(line)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}
+        data["frame_times_s"] = tuple(data["frame_times_s"])
+        return cls(**data)

@@ -1,0 +1,1 @@
+"""Runs one job: shards, concurrent streams, records on disk, resume."""

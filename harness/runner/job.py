@@ -1,0 +1,260 @@
+"""One job end to end: check the folder, load samples, play unfinished streams concurrently,
+append a record per query, mark finished shards, write the summary.
+
+Resume is exact: a query with a record is never asked again (errors only with
+run.retry_errors=true), and a folder written under another config hash is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from backends.base import BACKENDS, Backend
+from harness.benchmarks.base import DATASETS, Benchmark
+from harness.config import Job, RunConfig, ShardConfig
+from harness.errors import ConfigError
+from harness.memory.base import MEMORIES
+from harness.records import RECORD_SCHEMA, Query, ResultRecord, StreamSample
+from harness.routers.base import ROUTERS
+from harness.runner import store
+from harness.runner.plan import by_shard, shards_to_run
+from harness.scheduler import SCHEDULERS
+from harness.simulator import play
+from harness.summary import ERROR_POLICY, markdown, summarize, table_headers, table_row
+from harness.system import Answer, StreamSystem
+from harness.video import FrameReader
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    out_dir: Path
+    summary: dict[str, Any]
+    reused: int  # records found on disk and kept
+    new: int  # records written by this run
+    model_calls: int  # backend calls made by this run
+    decode_s: float  # time the reader threads spent decoding
+
+
+def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config_hash = job.config_hash()
+    _refuse_other_config(out_dir, job, config_hash)
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(job.semantic(), sort_keys=False))
+    manifest = _manifest(out_dir, config_hash)
+
+    benchmark = DATASETS.build(job.dataset)
+    samples = benchmark.load()
+    shards_dir = out_dir / "shards"
+    existing = _existing_records(shards_dir, run.retry_errors)
+    planned = shards_to_run(shard.count, shard.index)
+    grouped = by_shard(samples, shard.count)
+    todo = [(i, s) for i in planned for s in grouped[i] if any(q.id not in existing for q in s.queries)]
+    reused = sum(q.id in existing for i in planned for s in grouped[i] for q in s.queries)
+    label = out_dir.name
+
+    stats = _Stats()
+    if todo:
+        n_queries = sum(q.id not in existing for _, s in todo for q in s.queries)
+        with tqdm(total=n_queries, desc=label, unit="query", disable=not run.progress) as bar:
+            asyncio.run(_play_all(job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats))
+    for index in planned:
+        path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
+        store.mark_done(path, {"config_hash": config_hash, "samples": len(grouped[index])})
+
+    records = _existing_records(shards_dir, retry_errors=False)
+    summary = summarize(records.values(), benchmark.tasks)
+    _write_summary(out_dir, label, config_hash, summary, benchmark.tasks)
+    manifest.update(ended=_now(), reused=reused, new=stats.new, model_calls=stats.calls, decode_s=round(stats.decode_s, 3))
+    _write_json(out_dir / "manifest.json", manifest)
+    if stats.new == 0:
+        log.info("%s: all %d queries already recorded: no model called", label, reused)
+    else:
+        log.info("%s: %d records reused, %d new (%d errors), %d model calls", label, reused, stats.new, stats.errors, stats.calls)
+    return JobResult(out_dir, summary, reused, stats.new, stats.calls, stats.decode_s)
+
+
+@dataclass
+class _Stats:
+    new: int = 0
+    errors: int = 0
+    calls: int = 0
+    decode_s: float = 0.0
+
+
+async def _play_all(
+    job: Job,
+    run: RunConfig,
+    count: int,
+    todo: list[tuple[int, StreamSample]],
+    existing: Mapping[str, ResultRecord],
+    benchmark: Benchmark,
+    shards_dir: Path,
+    config_hash: str,
+    bar: tqdm,
+    stats: _Stats,
+) -> None:
+    backend: Backend = BACKENDS.build(job.backend)
+    scheduler, router = SCHEDULERS.build(job.scheduler), ROUTERS.build(job.router)
+    writers = {i: store.ShardWriter(shards_dir / f"{store.shard_stem(i, count)}.jsonl") for i, _ in todo}
+    limit = asyncio.Semaphore(run.concurrency)
+
+    async def stream(index: int, sample: StreamSample) -> None:
+        async with limit:
+            system = StreamSystem(job.system, backend, scheduler, router, MEMORIES.build(job.memory), benchmark)
+
+            async def emit(query: Query, outcome: Answer | Exception) -> None:
+                record = _record(config_hash, sample, query, outcome, benchmark)
+                writers[index].append(record)
+                stats.new += 1
+                stats.errors += record.has_error
+                stats.calls += record.n_calls
+                bar.update(1)
+                bar.set_postfix(errors=stats.errors, refresh=False)
+
+            reader = FrameReader(sample.video, job.system.fps, job.system.max_side)
+            try:
+                await play(sample, reader, system, existing, emit, job.system.proactive.poll_s)
+            finally:
+                reader.close()
+                stats.decode_s += reader.decode_s
+
+    try:
+        await asyncio.gather(*(stream(i, s) for i, s in todo))
+    finally:
+        await backend.aclose()
+        for writer in writers.values():
+            writer.close()
+
+
+def _record(
+    config_hash: str, sample: StreamSample, query: Query, outcome: Answer | Exception, benchmark: Benchmark
+) -> ResultRecord:
+    common = dict(
+        schema=RECORD_SCHEMA,
+        config_hash=config_hash,
+        sample_id=sample.id,
+        query_id=query.id,
+        task=query.task,
+        kind=query.kind,
+        time_s=query.time_s,
+    )
+    if isinstance(outcome, Exception):
+        return ResultRecord(
+            **common,  # type: ignore[arg-type]
+            route=None, route_reason="", frame_times_s=(), response=None, parsed=None, score=None,
+            latency_s=0.0, modelled_latency_s=None, tokens_in=0, tokens_out=0, n_calls=0, cost_usd=0.0,
+            error=f"{type(outcome).__name__}: {outcome}",
+        )
+    parsed = None if outcome.text is None else benchmark.parse(query, outcome.text)
+    score, subscores = benchmark.score(query, sample.truths[query.id], parsed, outcome.response_time_s)
+    usage = outcome.usage
+    return ResultRecord(
+        **common,  # type: ignore[arg-type]
+        route=outcome.decision.route,
+        route_reason=outcome.decision.reason,
+        frame_times_s=outcome.frame_times_s,
+        response=outcome.text,
+        parsed=parsed,
+        score=score,
+        latency_s=usage.latency_s,
+        modelled_latency_s=usage.modelled_latency_s,
+        tokens_in=usage.tokens_in,
+        tokens_out=usage.tokens_out,
+        n_calls=usage.n_calls,
+        cost_usd=usage.cost_usd,
+        response_time_s=outcome.response_time_s,
+        subscores=subscores,
+    )
+
+
+def _existing_records(shards_dir: Path, retry_errors: bool) -> dict[str, ResultRecord]:
+    """Every record of the job folder by query id, whatever shard count wrote it."""
+    found: dict[str, ResultRecord] = {}
+    for path in sorted(shards_dir.glob("shard-*.jsonl")):
+        records = store.load_records(path)
+        if retry_errors and any(r.has_error for r in records):
+            records = [r for r in records if not r.has_error]
+            store.rewrite(path, records)
+            path.with_suffix(".done").unlink(missing_ok=True)
+        found.update((r.query_id, r) for r in records)
+    return found
+
+
+def _refuse_other_config(out_dir: Path, job: Job, config_hash: str) -> None:
+    manifest_path = out_dir / "manifest.json"
+    if not manifest_path.exists():
+        return
+    previous = json.loads(manifest_path.read_text()).get("config_hash")
+    if previous == config_hash:
+        return
+    saved_path = out_dir / "config.yaml"
+    saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else {}
+    changes = _differences(saved or {}, job.semantic())
+    shown = "; ".join(changes[:5]) + (" ..." if len(changes) > 5 else "")
+    raise ConfigError(
+        f"{out_dir}: its records were written with config hash {previous}, this run has {config_hash} "
+        f"({shown or 'the saved config.yaml is missing'}). Mixing them would corrupt the results: "
+        f"start fresh with `rm -r {out_dir}`, or keep them and pick another run.name=..."
+    )
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
+
+
+def _manifest(out_dir: Path, config_hash: str) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("dualstream-harness", "hydra-core", "omegaconf", "av", "numpy", "opencv-python-headless"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    manifest = {"config_hash": config_hash, "versions": versions, "git_commit": _git_commit(), "started": _now()}
+    _write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def _write_summary(out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...]) -> None:
+    _write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
+    table = markdown(table_headers(tasks), [table_row(label, "done", summary, tasks)])
+    (out_dir / "summary.md").write_text(f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n")
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(content, indent=1))
+    tmp.replace(path)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,77 @@
+"""A job's numbers from its records: accuracy per task family and overall, S2 share, latency.
+
+Policy, stated in every summary: an error record counts as wrong (score 0) and is counted.
+Overall is the unweighted mean of the family accuracies, so a large family does not dominate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from statistics import fmean
+from typing import Any
+
+from harness.records import ResultRecord
+
+ERROR_POLICY = "errors count as wrong"
+
+
+def summarize(records: Iterable[ResultRecord], tasks: Sequence[str]) -> dict[str, Any]:
+    records = list(records)
+    per_task: dict[str, dict[str, Any]] = {}
+    for task in list(tasks) + sorted({r.task for r in records} - set(tasks)):
+        mine = [r for r in records if r.task == task]
+        if mine:
+            per_task[task] = {
+                "n": len(mine),
+                "errors": sum(r.has_error for r in mine),
+                "accuracy": 100.0 * fmean(r.score or 0.0 for r in mine),
+            }
+    routed = [r for r in records if r.route is not None]
+    modelled = [r.modelled_latency_s for r in records if r.modelled_latency_s is not None]
+    return {
+        "n": len(records),
+        "errors": sum(r.has_error for r in records),
+        "error_policy": ERROR_POLICY,
+        "tasks": per_task,
+        "overall": fmean(t["accuracy"] for t in per_task.values()) if per_task else None,
+        "s2_share": 100.0 * fmean(r.route == "S2" for r in routed) if routed else None,
+        "latency_s": fmean(r.latency_s for r in records) if records else None,
+        "modelled_latency_s": fmean(modelled) if modelled else None,
+        "model_calls": sum(r.n_calls for r in records),
+    }
+
+
+def table_row(name: str, status: str, summary: dict[str, Any] | None, tasks: Sequence[str]) -> list[str]:
+    """One row of a results table: name, status, a column per family, overall, S2 %, latencies, n."""
+    if summary is None:
+        return [name, status] + ["-"] * (len(tasks) + 5)
+    cells = [_pct(summary["tasks"].get(t, {}).get("accuracy")) for t in tasks]
+    return [
+        name,
+        status,
+        *cells,
+        _pct(summary["overall"]),
+        _pct(summary["s2_share"]),
+        _num(summary["modelled_latency_s"]),
+        _num(summary["latency_s"], 4),
+        f"{summary['n']} ({summary['errors']} err)",
+    ]
+
+
+def table_headers(tasks: Sequence[str]) -> list[str]:
+    return ["job", "status", *tasks, "overall", "S2 %", "lat model s", "lat wall s", "n"]
+
+
+def markdown(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), rule, *(line(r) for r in rows)])
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
