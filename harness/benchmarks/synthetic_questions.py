@@ -75,6 +75,7 @@ class _Scene:
         for i, track in enumerate(tracks):
             self.visible[i, track.frames(fps).start : track.frames(fps).stop] = True
         self.coloured = [i for i, tr in enumerate(tracks) if not tr.is_distractor]
+        self._steady_memo: dict[tuple[tuple[int, ...], float], list[int] | None] = {}
 
     def candidates(self, template: str, t: float, rng: np.random.Generator) -> list[list[dict[str, Any]]]:
         """Each candidate is a list of query items (two for a sequential pair)."""
@@ -217,6 +218,12 @@ class _Scene:
 
     def _steady(self, rows: list[int], t: float) -> list[int] | None:
         """Tracks among rows on screen at t, or None if that set changed within STABLE_S before t."""
+        key = (tuple(rows), t)
+        if key not in self._steady_memo:
+            self._steady_memo[key] = self._steady_uncached(rows, t)
+        return self._steady_memo[key]
+
+    def _steady_uncached(self, rows: list[int], t: float) -> list[int] | None:
         lo, hi = self._frame(max(t - STABLE_S, 0.0)), self._frame(t)
         window = self.visible[rows, lo : hi + 1]
         if not (window.all(axis=1) | ~window.any(axis=1)).all():
@@ -226,11 +233,9 @@ class _Scene:
     def _since(self, rows: list[int], t: float) -> float:
         """Time of the first frame of the unchanged stretch of rows' visibility that ends at t."""
         k = self._frame(t)
-        column = self.visible[rows, k]
-        start = k
-        while start > 0 and (self.visible[rows, start - 1] == column).all():
-            start -= 1
-        return start / self.fps
+        same = (self.visible[rows, : k + 1] == self.visible[rows, k : k + 1]).all(axis=0)
+        changed = np.flatnonzero(~same)
+        return (int(changed[-1]) + 1 if changed.size else 0) / self.fps
 
 
 def _fits(candidate: list[dict[str, Any]], chosen: list[dict[str, Any]]) -> bool:

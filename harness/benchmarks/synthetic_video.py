@@ -145,14 +145,15 @@ def render_video(
         stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = max(1, round(GOP_S * fps))
-        stream.codec_context.thread_count = 2  # fixed, so the bytes do not depend on the machine
+        stream.codec_context.thread_count = 1  # fixed, so the bytes do not depend on the machine
         stream.codec_context.options = {"preset": "veryfast", "crf": str(CRF)}
         for k in range(round(duration_s * fps)):
             t = k / fps
             pixels = background.at(t)
             for track in by_frame.get(k, ()):
                 _draw(pixels, track, t, lanes[track.lane], object_size)
-            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            yuv = cv2.cvtColor(pixels, cv2.COLOR_RGB2YUV_I420)  # BT.601 limited, as decoders assume; faster than swscale
+            frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = k
             frame.time_base = 1 / rate
             container.mux(stream.encode(frame))

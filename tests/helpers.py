@@ -1,0 +1,34 @@
+"""Compose the real configs (conf/) for in-process jobs, with a small synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from harness.config import Job, RunConfig, ShardConfig, load_job, register
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+# small enough for seconds per job, big enough for every task family
+SMALL_DATA = ["dataset.videos=3", "dataset.duration_s=40"]
+
+
+def compose_job(data_root: Path, *overrides: str) -> tuple[Job, RunConfig, ShardConfig]:
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"dataset.root={data_root}", *SMALL_DATA, "run.progress=false", *overrides])
+    return load_job(cfg)
+
+
+def run_sweep(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """run_sweep.py in a subprocess, as a user runs it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run_sweep.py"), *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )

@@ -1,0 +1,168 @@
+"""One job in process: no future leakage, exact resume, error records, config-hash guard."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backends.base import BACKENDS
+from harness.benchmarks.base import DATASETS
+from harness.errors import ConfigError, DataError
+from harness.records import Query, Request, Response
+from harness.registry import Choice
+from harness.runner import store
+from harness.runner.job import run_job
+from tests.helpers import compose_job
+
+SENTINEL = "TRUTH-SENTINEL"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _records(out_dir: Path):
+    return [r for p in sorted((out_dir / "shards").glob("*.jsonl")) for r in store.load_records(p)]
+
+
+def _query_count(job) -> int:
+    return sum(len(s.queries) for s in DATASETS.build(job.dataset).load())
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    name: str = "watch"
+
+
+@BACKENDS.register("watch", WatchConfig)
+class Watch:
+    """Records every request it gets and answers "yes" (so proactive triggers fire)."""
+
+    requests: list[Request] = []
+
+    def __init__(self, cfg: WatchConfig) -> None:
+        self.cfg = cfg
+
+    async def generate(self, request: Request) -> Response:
+        Watch.requests.append(request)
+        return Response("yes A. red", tokens_in=1, tokens_out=1)
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_no_frame_from_the_future_and_no_truth_reaches_the_backend(data_root, tmp_path, monkeypatch):
+    job, run, shard = compose_job(data_root, "scheduler=rule")
+    samples = DATASETS.build(job.dataset).load()
+    # plant a sentinel in every truth: if any of it reached a request, the scan below finds it
+    poisoned = [
+        dataclasses.replace(s, truths={k: dataclasses.replace(t, answer=f"{SENTINEL}-{k}") for k, t in s.truths.items()})
+        for s in samples
+    ]
+    monkeypatch.setattr(type(DATASETS.build(job.dataset)), "load", lambda self: poisoned)
+    monkeypatch.setattr(type(DATASETS.build(job.dataset)), "score", lambda self, *a: (0.0, {}))
+    Watch.requests.clear()
+    job = dataclasses.replace(job, backend=Choice("backend", "watch", WatchConfig()))
+    run_job(job, run, shard, tmp_path / "job")
+
+    asked = {q.id: q for s in samples for q in s.queries}
+    assert len(Watch.requests) >= len(asked)
+    for request in Watch.requests:
+        assert request.frames, "every call sees at least the frame on screen"
+        assert all(f.time_s <= request.time_s for f in request.frames)
+        assert SENTINEL not in repr(request)
+    for record in _records(tmp_path / "job"):
+        assert record.error is None
+        query = asked[record.query_id]
+        assert max(record.frame_times_s) <= (record.response_time_s or query.time_s)
+    assert not {"answer", "evidence_s", "window_s"} & {f.name for f in dataclasses.fields(Query)}
+    assert not {"answer", "evidence_s", "window_s"} & {f.name for f in dataclasses.fields(Request)}
+
+
+def test_rerun_reuses_every_record_and_calls_no_model(data_root, tmp_path):
+    job, run, shard = compose_job(data_root, "scheduler=force_s2")
+    first = run_job(job, run, shard, tmp_path / "job")
+    assert first.new == _query_count(job) and first.model_calls >= first.new
+    second = run_job(job, run, shard, tmp_path / "job")
+    assert (second.new, second.model_calls, second.reused) == (0, 0, first.new)
+    assert second.summary == first.summary
+    ids = Counter(r.query_id for r in _records(tmp_path / "job"))
+    assert set(ids.values()) == {1}
+    assert sorted(p.name for p in (tmp_path / "job" / "shards").glob("*.done")) == [
+        f"shard-000{i}-of-0004.done" for i in range(4)
+    ]
+
+
+def test_one_shard_per_job_fills_the_same_folder(data_root, tmp_path):
+    results = [run_job(*compose_job(data_root, f"shard.index={i}"), tmp_path / "job") for i in range(4)]
+    job, *_ = compose_job(data_root)
+    assert sum(r.new for r in results) == _query_count(job)
+    assert results[-1].summary["n"] == _query_count(job)
+
+
+def test_partial_records_resume_with_one_record_per_query(data_root, tmp_path):
+    job, run, shard = compose_job(data_root)
+    run_job(job, run, shard, tmp_path / "job")
+    records = _records(tmp_path / "job")
+    # keep a third of the lines and tear the next one, as a SIGKILL mid-write would
+    path = next((tmp_path / "job" / "shards").glob("*.jsonl"))
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: len(lines) // 3]) + lines[len(lines) // 3][:25])
+    for done in (tmp_path / "job" / "shards").glob("*.done"):
+        done.unlink()
+    again = run_job(job, run, shard, tmp_path / "job")
+    assert again.new == len(lines) - len(lines) // 3
+    resumed = _records(tmp_path / "job")
+    assert Counter(r.query_id for r in resumed) == Counter(r.query_id for r in records)
+    # deterministic backend: the resumed answers equal the first run's, sequential turns included
+    assert {r.query_id: r.parsed for r in resumed} == {r.query_id: r.parsed for r in records}
+
+
+def test_a_missing_video_gives_error_records_and_the_rest_goes_on(data_root, tmp_path, monkeypatch):
+    job, run, shard = compose_job(data_root)
+    samples = DATASETS.build(job.dataset).load()
+    broken = [dataclasses.replace(samples[0], video=str(tmp_path / "gone.mp4")), *samples[1:]]
+    monkeypatch.setattr(type(DATASETS.build(job.dataset)), "load", lambda self: broken)
+    result = run_job(job, run, shard, tmp_path / "job")
+    records = _records(tmp_path / "job")
+    failed = [r for r in records if r.sample_id == samples[0].id]
+    assert failed and all("gone.mp4" in r.error for r in failed)
+    assert all(r.error is None for r in records if r.sample_id != samples[0].id)
+    assert result.summary["errors"] == len(failed)
+
+    monkeypatch.setattr(type(DATASETS.build(job.dataset)), "load", lambda self: samples)
+    retried = run_job(job, dataclasses.replace(run, retry_errors=True), shard, tmp_path / "job")
+    assert retried.new == len(failed) and retried.summary["errors"] == 0
+    assert len(_records(tmp_path / "job")) == len(records)
+
+
+def test_a_folder_of_another_config_is_refused_with_the_fix(data_root, tmp_path):
+    job, run, shard = compose_job(data_root)
+    run_job(job, run, shard, tmp_path / "job")
+    changed, *_ = compose_job(data_root, "system.s1.window_s=6")
+    with pytest.raises(ConfigError) as caught:
+        run_job(changed, run, shard, tmp_path / "job")
+    message = str(caught.value)
+    assert "system.s1.window_s: 4.0 -> 6.0" in message and "rm -r" in message and "run.name" in message
+
+
+def test_a_malformed_annotation_fails_at_load_naming_file_item_and_field(data_root, tmp_path):
+    job, run, shard = compose_job(data_root)
+    benchmark = DATASETS.build(job.dataset)
+    benchmark.load()
+    annotation = json.loads((benchmark.data_dir / "all.json").read_text())
+    annotation["samples"][1]["queries"][0]["time_s"] = "soon"
+    copy = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(benchmark.data_dir, copy / benchmark.data_dir.name)
+    (copy / benchmark.data_dir.name / "all.json").write_text(json.dumps(annotation))
+    broken, *_ = compose_job(copy)
+    with pytest.raises(DataError, match=r"all\.json.*time_s"):
+        run_job(broken, run, shard, tmp_path / "job")
