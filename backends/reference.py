@@ -1,1 +1,241 @@
-"""placeholder"""
+"""A classical-vision answerer for the synthetic benchmark: colour masks and contours, no model.
+
+It exists so the whole harness (frame sampling, memory, routing, scheduling, scoring) can run end
+to end on a laptop, with results that mean something: it reads only the frames it is handed, so
+a memory that drops the frame with the evidence, or a scheduler that answers from stale frames,
+costs it points exactly as it would cost a real video-language model. Latency is modelled per
+route (S1 fast, S2 slow), and optionally really waited, so latency-aware parts see a slow model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from backends.base import BACKENDS
+from harness.errors import BackendError
+from harness.records import Frame, Request, Response, Turn
+
+HUES = {"red": 0, "yellow": 30, "green": 60, "cyan": 90, "blue": 120, "magenta": 150}  # OpenCV hue, 0..179
+SHAPES = ("circle", "square", "triangle", "star")
+HUE_TOLERANCE = 12
+MIN_SATURATION = 110
+MIN_VALUE = 90
+MIN_AREA_FRACTION = 0.0015  # of the frame; smaller blobs are compression noise
+STAR_SOLIDITY = 0.75  # a star fills about 0.55 of its convex hull, the other shapes 0.85 or more
+CIRCLE_FILL = 0.75  # share of the enclosing circle a blob fills: circle above, square and triangle below
+SQUARE_FILL = 0.53  # square above, triangle below
+_COLOUR = "(" + "|".join(HUES) + ")"
+_SHAPE = "(" + "|".join(SHAPES) + ")"
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    base_s: float = 0.0
+    per_frame_s: float = 0.0
+    per_output_token_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    name: str = "reference"
+    tokens_per_frame: int = 64  # modelled visual tokens per frame, for tokens_in
+    s1: LatencyProfile = field(default_factory=lambda: LatencyProfile(0.05, 0.01, 0.02))
+    s2: LatencyProfile = field(default_factory=lambda: LatencyProfile(0.2, 0.03, 0.05))
+    sleep: bool = False  # really wait the modelled latency (emulates a slow model in demos and tests)
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A coloured shape found in one frame."""
+
+    colour: str
+    shape: str
+    area: float
+
+
+@BACKENDS.register("reference", ReferenceConfig)
+class Reference:
+    """Answers the synthetic benchmark's questions from the frames it is given, by colour segmentation.
+
+    Not a language model: it parses the benchmark's fixed question grammar and raises BackendError on
+    anything else. Its score depends only on which frames reach it, which is what the harness varies.
+    """
+
+    def __init__(self, cfg: ReferenceConfig) -> None:
+        self.cfg = cfg
+
+    async def generate(self, request: Request) -> Response:
+        started = time.perf_counter()
+        profile = {"S1": self.cfg.s1, "S2": self.cfg.s2}.get(request.route)
+        if profile is None:
+            raise BackendError(f"reference backend: unknown route {request.route!r} (expected S1 or S2)")
+        text = await asyncio.to_thread(answer, request.frames, request.prompt, request.history)
+        tokens_out = len(text.split())
+        n_frames = len(request.frames)
+        modelled = profile.base_s + profile.per_frame_s * n_frames + profile.per_output_token_s * tokens_out
+        if self.cfg.sleep:
+            await asyncio.sleep(max(0.0, modelled - (time.perf_counter() - started)))
+        words_in = len(request.prompt.split()) + sum(
+            len(turn.question.split()) + len(turn.answer.split()) for turn in request.history
+        )
+        return Response(
+            text=text,
+            tokens_in=words_in + self.cfg.tokens_per_frame * n_frames,
+            tokens_out=tokens_out,
+            latency_s=time.perf_counter() - started,
+            modelled_latency_s=modelled,
+        )
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def answer(frames: tuple[Frame, ...], prompt: str, history: tuple[Turn, ...] = ()) -> str:
+    """The reply to one prompt of the synthetic grammar, from these frames only."""
+    timeline = sorted(frames, key=lambda f: f.time_s)
+    options = re.findall(r"^([A-D])\. (.+?)\s*$", prompt, re.MULTILINE)
+    matches = [(found, rule) for pattern, rule in _RULES if (found := re.search(pattern, prompt))]
+    if matches:  # the question asked last in the prompt, should earlier turns be quoted before it
+        found, rule = max(matches, key=lambda pair: pair[0].start())
+        return rule(found, timeline, options, history)
+    first_line = prompt.strip().splitlines()[0] if prompt.strip() else ""
+    raise BackendError(f"reference backend: question not in the synthetic grammar: {first_line[:120]!r}")
+
+
+def detect(pixels: np.ndarray) -> list[Detection]:
+    """Coloured shapes in an RGB uint8 frame; unsaturated (grey, white) shapes are ignored."""
+    hsv = cv2.cvtColor(pixels, cv2.COLOR_RGB2HSV)
+    hue, saturation, value = cv2.split(hsv)
+    vivid = cv2.inRange(saturation, MIN_SATURATION, 255) & cv2.inRange(value, MIN_VALUE, 255)
+    if cv2.countNonZero(vivid) == 0:
+        return []
+    min_area = MIN_AREA_FRACTION * pixels.shape[0] * pixels.shape[1]
+    found = []
+    for colour, centre in HUES.items():
+        distance = cv2.absdiff(hue, np.full_like(hue, centre))
+        distance = cv2.min(distance, 180 - distance)
+        mask = cv2.inRange(distance, 0, HUE_TOLERANCE) & vivid
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        for contour in contours:
+            area = cv2.contourArea(contour)
+            if area >= min_area:
+                found.append(Detection(colour, _classify(contour, area), area))
+    return found
+
+
+# ---- question rules: (pattern, rule(match, frames in time order, options, history) -> reply)
+
+
+def _colour_of_shape_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    hits = [d.colour for d in _now(frames) if d.shape == m.group(1)]
+    return _choose(options, hits[0] if hits else None)
+
+
+def _shape_of_colour_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    hits = [d.shape for d in _now(frames) if d.colour == m.group(1)]
+    return _choose(options, hits[0] if hits else None)
+
+
+def _count_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    return _choose(options, str(len(_now(frames))) if frames else None)
+
+
+def _shape_seen_earlier(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    shapes = Counter(d.shape for f in frames for d in detect(f.pixels) if d.colour == m.group(1))
+    return _choose(options, shapes.most_common(1)[0][0] if shapes else None)  # the majority, over frames
+
+
+def _colour_count_so_far(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    kinds = {(d.colour, d.shape) for f in frames for d in detect(f.pixels) if d.colour == m.group(1)}
+    return _choose(options, str(len(kinds)))
+
+
+def _shape_count_so_far(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    kinds = {(d.colour, d.shape) for f in frames for d in detect(f.pixels) if d.shape == m.group(1)}
+    return _choose(options, str(len(kinds)))
+
+
+def _appeared_first(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    first_seen: dict[str, float] = {}
+    for frame in frames:
+        for d in detect(frame.pixels):
+            first_seen.setdefault(f"{d.colour} {d.shape}", frame.time_s)
+    seen = [text for _, text in options if text in first_seen]
+    return _choose(options, min(seen, key=first_seen.__getitem__) if seen else None)
+
+
+def _named_colour_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    named = re.search(rf"\b{_COLOUR}\b", history[-1].answer, re.IGNORECASE) if history else None
+    if named is None:
+        return "no"
+    return "yes" if any(d.colour == named.group(1).lower() for d in _now(frames)) else "no"
+
+
+def _colour_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    return "yes" if any(d.colour == m.group(1) for d in _now(frames)) else "no"
+
+
+def _announce(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+    colour = m.group(1)
+    for frame in reversed(frames):  # the latest frame that shows one
+        hits = [d.shape for d in detect(frame.pixels) if d.colour == colour]
+        if hits:
+            return f"A {colour} {hits[0]} appeared."
+    return f"No {colour} object has appeared."
+
+
+_RULES: list[tuple[str, Callable[..., str]]] = [
+    (rf"What colour is the {_SHAPE} on screen now\?", _colour_of_shape_now),
+    (rf"What shape is the {_COLOUR} object on screen now\?", _shape_of_colour_now),
+    (r"How many coloured objects are on screen now\?", _count_now),
+    (rf"What shape was the {_COLOUR} object that appeared earlier in the video\?", _shape_seen_earlier),
+    (rf"How many {_COLOUR} objects have appeared so far\?", _colour_count_so_far),
+    (rf"How many coloured {_SHAPE}s have appeared so far\?", _shape_count_so_far),
+    (r"Which of these appeared first\?", _appeared_first),
+    (r"Is an object of the colour you named in your previous answer on screen now\?", _named_colour_now),
+    (rf"Is a {_COLOUR} object on screen now\?", _colour_now),
+    (rf"Tell me when a {_COLOUR} object appears, and name its shape\.", _announce),
+]
+
+
+# ---- helpers
+
+
+def _now(frames: list[Frame]) -> list[Detection]:
+    """What is on screen now: the latest frame's detections."""
+    return detect(frames[-1].pixels) if frames else []
+
+
+def _choose(options: list[tuple[str, str]], value: str | None) -> str:
+    """The option whose text is `value`, as "B. red"; the first option as a guess if none is."""
+    if not options:
+        raise BackendError("reference backend: a multiple-choice question without options 'A. ...'")
+    for letter, text in options:
+        if value is not None and text == value:
+            return f"{letter}. {text}"
+    letter, text = options[0]
+    return f"{letter}. {text}"
+
+
+def _classify(contour: np.ndarray, area: float) -> str:
+    """Star by low solidity; then how much of its enclosing circle the blob fills.
+
+    Fill is rotation- and scale-invariant and survives compression better than counting the vertices
+    of approxPolyDP: about 0.87 for a circle, 0.64 for a square, 0.41 for a triangle.
+    """
+    hull_area = cv2.contourArea(cv2.convexHull(contour))
+    if hull_area > 0 and area / hull_area < STAR_SOLIDITY:
+        return "star"
+    _, radius = cv2.minEnclosingCircle(contour)
+    fill = area / (np.pi * radius * radius) if radius > 0 else 0.0
+    if fill >= CIRCLE_FILL:
+        return "circle"
+    return "square" if fill >= SQUARE_FILL else "triangle"

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 import backends
 from harness import benchmarks, memory, routers, scheduler
 from harness.errors import ConfigError
-from harness.registry import Choice, Registry
+from harness.registry import Choice, Registry, schema_node
 from harness.system import SystemConfig
 
 COMPONENTS: dict[str, Registry[Any]] = {
@@ -87,7 +87,7 @@ def register() -> None:
     """Store the schemas Hydra validates against (components register their own on import)."""
     store = ConfigStore.instance()
     store.store(name="schema_root", node=RootConfig)
-    store.store(group="schema/system", name="default", node=SystemConfig)
+    store.store(group="schema/system", name="default", node=schema_node(SystemConfig))
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", slug)
 
@@ -101,7 +101,7 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
     """Parse every node of a composed config; raises ConfigError naming the node and the fix."""
     choices = {kind: registry.parse(cfg[kind]) for kind, registry in COMPONENTS.items()}
     try:
-        system = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SystemConfig), cfg.system))
+        system = OmegaConf.to_object(OmegaConf.merge(schema_node(SystemConfig), cfg.system))
         run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg.run))
         shard = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ShardConfig), cfg.shard))
     except OmegaConfBaseException as e:

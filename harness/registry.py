@@ -30,6 +30,25 @@ class Choice:
     config: Any
 
 
+def schema_node(schema: type) -> DictConfig:
+    """The typed node of a config dataclass, writable so that YAML and overrides can set it.
+
+    Our config dataclasses are frozen (an implementation must not edit its config), and OmegaConf
+    would make their nodes read-only; types and keys are still checked on every merge.
+    """
+    node = OmegaConf.structured(schema)
+    _clear_readonly(node)
+    return node
+
+
+def _clear_readonly(node: DictConfig) -> None:
+    OmegaConf.set_readonly(node, None)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _clear_readonly(child)
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -44,7 +63,7 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = (config, cls)  # type: ignore[assignment]
-            ConfigStore.instance().store(group=f"schema/{self.kind}", name=name, node=config)
+            ConfigStore.instance().store(group=f"schema/{self.kind}", name=name, node=schema_node(config))
             return cls
 
         return add
@@ -64,7 +83,7 @@ class Registry(Generic[T]):
             )
         schema, _ = self._entries[name]
         try:
-            typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), params))
+            typed = OmegaConf.to_object(OmegaConf.merge(schema_node(schema), params))
         except OmegaConfBaseException as e:
             raise ConfigError(f"{self.kind}={name} (conf/{self.kind}/{name}.yaml or an override): {e}") from None
         return Choice(self.kind, name, typed)

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,11 @@ import numpy as np
 
 from harness.benchmarks.base import DATASETS
 from harness.benchmarks.synthetic_questions import make_queries
-from harness.benchmarks.synthetic_video import COLOURS, SHAPES, lane_centres, plan_tracks, render_video
+from harness.benchmarks.synthetic_video import COLOURS, SHAPES, Track, lane_centres, plan_tracks, render_video
 from harness.errors import ConfigError, DataError
 from harness.records import Query, StreamSample, Truth
 
-GENERATOR_VERSION = 1  # bump when the generator changes what it writes: the data folder changes too
+GENERATOR_VERSION = 2  # bump when the generator changes what it writes: the data folder changes too
 TASKS = ("realtime", "clue", "reasoning", "sequential", "proactive")
 KINDS = ("mcq", "yes_no", "proactive")
 MCQ_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -80,6 +81,7 @@ class Synthetic:
         return read_annotation(self.data_dir / "all.json")
 
     def prompt(self, query: Query) -> str:
+        """The question, then for mcq one "A. option" line each and the letter instruction."""
         if query.kind == "mcq":
             options = [f"{_letter(i)}. {text}" for i, text in enumerate(query.options)]
             return "\n".join([query.text, *options, MCQ_INSTRUCTION])
@@ -88,9 +90,11 @@ class Synthetic:
         return query.text
 
     def fired(self, text: str) -> bool:
+        """True when the reply's first yes/no word is "yes"."""
         return _first_word(text, ("yes", "no")) == "yes"
 
     def parse(self, query: Query, text: str) -> str | None:
+        """mcq: an option letter; yes_no: "yes"/"no"; proactive: the first shape word."""
         if query.kind == "mcq":
             return _parse_letter(text, query.options)
         if query.kind == "yes_no":
@@ -100,6 +104,7 @@ class Synthetic:
     def score(
         self, query: Query, truth: Truth, parsed: str | None, response_time_s: float | None
     ) -> tuple[float, dict[str, float]]:
+        """Exact match; a proactive reply must also come inside the truth's window (inclusive)."""
         content = 1.0 if parsed is not None and parsed == truth.answer else 0.0
         if query.kind != "proactive":
             return content, {}
@@ -112,6 +117,7 @@ class Synthetic:
         target = self.data_dir
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; the data is meant to be shared
         try:
             write_dataset(self.cfg, self.spec, staging)
             try:
@@ -128,23 +134,9 @@ def write_dataset(cfg: SyntheticConfig, spec: dict[str, Any], out: Path) -> None
     """Generate all videos and annotation files of `cfg` into the folder `out`."""
     (out / "videos").mkdir(parents=True, exist_ok=True)
     (out / "task_sets").mkdir(exist_ok=True)
-    samples = []
-    for index in range(cfg.videos):
-        sample_id = f"syn-{index:03d}"
-        rng = np.random.default_rng([cfg.seed, index])
-        scene = {k: getattr(cfg, k) for k in ("duration_s", "fps", "width", "height", "object_size")}
-        tracks = plan_tracks(rng, objects=cfg.objects, distractors=cfg.distractors, **scene)
-        video = f"videos/{sample_id}.mp4"
-        render_video(out / video, tracks, rng, **scene)
-        queries = make_queries(rng, tracks, cfg.duration_s, cfg.fps)
-        ids = {q["key"]: f"{sample_id}-q{i:02d}" for i, q in enumerate(queries) if "key" in q}
-        samples.append({
-            "id": sample_id, "video": video, "duration_s": float(cfg.duration_s),
-            "fps": float(cfg.fps), "width": cfg.width, "height": cfg.height,
-            "objects": [_track_json(tr) for tr in tracks if not tr.is_distractor],
-            "distractors": [_track_json(tr) for tr in tracks if tr.is_distractor],
-            "queries": [_query_json(q, f"{sample_id}-q{i:02d}", ids) for i, q in enumerate(queries)],
-        })  # fmt: skip
+    workers = max(1, min(cfg.videos, os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:  # the encoder releases the GIL; each video has its own rng
+        samples = list(pool.map(lambda index: _write_sample(cfg, index, out), range(cfg.videos)))
     annotation = {"benchmark": "synthetic", "version": GENERATOR_VERSION, "spec": spec, "samples": samples}
     (out / "all.json").write_text(json.dumps(annotation, indent=1))
     for task in TASKS:
@@ -253,7 +245,26 @@ def _pair(f: _Fields, key: str, optional: bool) -> tuple[float, float] | None:
     return float(value[0]), float(value[1])
 
 
-def _track_json(track: Any) -> dict[str, Any]:
+def _write_sample(cfg: SyntheticConfig, index: int, out: Path) -> dict[str, Any]:
+    """Plan, render and question one video; returns its all.json item."""
+    sample_id = f"syn-{index:03d}"
+    rng = np.random.default_rng([cfg.seed, index])
+    scene = {k: getattr(cfg, k) for k in ("duration_s", "fps", "width", "height", "object_size")}
+    tracks = plan_tracks(rng, objects=cfg.objects, distractors=cfg.distractors, **scene)
+    video = f"videos/{sample_id}.mp4"
+    render_video(out / video, tracks, rng, **scene)
+    queries = make_queries(rng, tracks, cfg.duration_s, cfg.fps)
+    ids = {q["key"]: f"{sample_id}-q{i:02d}" for i, q in enumerate(queries) if "key" in q}
+    return {
+        "id": sample_id, "video": video, "duration_s": float(cfg.duration_s),
+        "fps": float(cfg.fps), "width": cfg.width, "height": cfg.height,
+        "objects": [_track_json(tr) for tr in tracks if not tr.is_distractor],
+        "distractors": [_track_json(tr) for tr in tracks if tr.is_distractor],
+        "queries": [_query_json(q, f"{sample_id}-q{i:02d}", ids) for i, q in enumerate(queries)],
+    }  # fmt: skip
+
+
+def _track_json(track: Track) -> dict[str, Any]:
     return {
         "colour": track.colour, "shape": track.shape, "appear_s": track.appear_s,
         "disappear_s": track.disappear_s, "lane": track.lane,

@@ -28,7 +28,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {  # fully saturated RGB, 30 apart in
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 DISTRACTOR = "grey"  # the colour field of an unsaturated distractor track
 
-LIFETIME_S = (3.0, 7.0)  # how long a coloured object stays on screen
+LIFETIME_S = (1.5, 6.0)  # how long a coloured object stays on screen
 DISTRACTOR_LIFETIME_S = (5.0, 12.0)
 LANE_GAP_S = 0.5  # a lane stays empty this long between two objects
 GOP_S = 2.0

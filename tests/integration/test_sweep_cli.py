@@ -34,7 +34,7 @@ def _records(job_dir: Path) -> list[ResultRecord]:
 
 
 def test_multirun_prints_one_table_and_a_rerun_calls_no_model(data_root, tmp_path):
-    args = _args(data_root, "-m", "router=recent,uniform", "scheduler=force_s1,force_s2", "run.name=demo")
+    args = ["-m", *_args(data_root, "router=recent,uniform", "scheduler=force_s1,force_s2", "run.name=demo")]
     first = run_sweep(*args, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     sweep = json.loads((tmp_path / "outputs" / "demo" / "sweep.json").read_text())
@@ -80,7 +80,7 @@ def test_sigkill_mid_run_then_rerun_ends_with_one_record_per_query(data_root, tm
 
 
 def test_a_failed_job_is_shown_as_failed_in_the_table(data_root, tmp_path):
-    result = run_sweep(*_args(data_root, "-m", "dataset.objects=9,0", "run.name=broken"), cwd=tmp_path)
+    result = run_sweep("-m", *_args(data_root, "dataset.objects=9,0", "run.name=broken"), cwd=tmp_path)
     assert result.returncode == 1
     sweep = json.loads((tmp_path / "outputs" / "broken" / "sweep.json").read_text())
     assert sorted(j["status"]["status"] for j in sweep["jobs"]) == ["completed", "failed"]
@@ -95,7 +95,7 @@ def test_a_failed_job_is_shown_as_failed_in_the_table(data_root, tmp_path):
         ("router.top_k=3", ["Key 'top_k' not in 'UniformConfig'"]),
         ("scheduler.default=S3", ["Invalid value 'S3'", "S1, S2"]),
         ("run.concurrency=many", ["run.concurrency", "could not be converted to Integer"]),
-        ("runs.name=x", ["Key 'runs' is not in struct"]),
+        ("runs.name=x", ["Key 'runs' not in 'RootConfig'"]),
     ],
 )
 def test_config_errors_name_the_key_and_the_choices_before_any_work(tmp_path, override, expected):
