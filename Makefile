@@ -3,13 +3,17 @@ VENV   := .venv
 PYTHON := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench clean-outputs
+.PHONY: run test check bench clean-outputs
 
 run: $(STAMP)  ## the default sweep (experiment=quickstart) on the synthetic benchmark
 	$(PYTHON) run_sweep.py experiment=quickstart
 
 test: $(STAMP)  ## the test suite
 	$(PYTHON) -m pytest -q
+
+check: $(STAMP)  ## lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)  ## harness overhead benchmark (figures quoted in README)
 	$(PYTHON) bench/harness_overhead.py

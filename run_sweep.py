@@ -1,6 +1,6 @@
 """One Hydra job = one dataset x backend x router x memory x scheduler x system combination.
 
-    python run_sweep.py -m router=recent,uniform scheduler=force_s1,force_s2 run.name=demo
+python run_sweep.py -m router=recent,uniform scheduler=force_s1,force_s2 run.name=demo
 """
 
 from pathlib import Path

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -44,7 +44,7 @@ class ShardConfig:
     """Samples are split by a stable hash of their id; a job runs one shard or all of them."""
 
     count: int = 4
-    index: Optional[int] = None  # None: every shard, in this job
+    index: int | None = None  # None: every shard, in this job
 
 
 @dataclass
@@ -108,7 +108,8 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
         raise ConfigError(f"{e}") from None
     if shard.count < 1 or (shard.index is not None and not 0 <= shard.index < shard.count):
         raise ConfigError(
-            f"shard.index={shard.index} with shard.count={shard.count}: the index must be in 0..count-1 (or null for all)"
+            f"shard.index={shard.index} with shard.count={shard.count}: "
+            "the index must be in 0..count-1 (or null for all shards)"
         )
     if run.concurrency < 1:
         raise ConfigError(f"run.concurrency={run.concurrency}: must be >= 1")

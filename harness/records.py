@@ -7,8 +7,9 @@ Ground truth lives in `Truth`, beside `Query` rather than inside it, so a system
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 import numpy as np
 

@@ -8,8 +8,9 @@ it in (`- /schema/router@_here_: uniform`) is type-checked at compose time, befo
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -78,9 +79,7 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(name, self._entries, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}"
-            )
+            raise ConfigError(f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(self.names())}")
         schema, _ = self._entries[name]
         try:
             typed = OmegaConf.to_object(OmegaConf.merge(schema_node(schema), params))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional, Protocol
+from typing import Protocol
 
 from harness.records import Query, Route
 from harness.registry import Registry
@@ -51,7 +51,7 @@ class Rule:
     """Matches when the task equals `task` (if set) and the question contains any of `keywords` (if set)."""
 
     route: RouteName = RouteName.S2
-    task: Optional[str] = None
+    task: str | None = None
     keywords: list[str] = field(default_factory=list)
 
 

@@ -68,7 +68,13 @@ class SweepLedger(Callback):
         overrides = list(config.hydra.overrides.task)
         _write_json(
             job_dir / "status.json",
-            {"status": "running", "started": time.time(), "host": socket.gethostname(), "pid": os.getpid(), "overrides": overrides},
+            {
+                "status": "running",
+                "started": time.time(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "overrides": overrides,
+            },
         )
         if _is_multirun():
             sweep_dir = Path(config.hydra.sweep.dir)

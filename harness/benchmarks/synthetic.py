@@ -290,7 +290,7 @@ def _check_knobs(cfg: SyntheticConfig) -> None:
         problems.append(f"fps must be > 0, got {cfg.fps}")
     if cfg.width % 2 or cfg.height % 2 or cfg.width < 3 * cfg.object_size:
         problems.append(f"width and height must be even and width >= 3 * object_size, got {cfg.width}x{cfg.height}")
-    if not 8 <= cfg.object_size:
+    if not cfg.object_size >= 8:
         problems.append(f"object_size must be >= 8, got {cfg.object_size}")
     elif not lane_centres(cfg.height, cfg.object_size):
         problems.append(f"height {cfg.height} has no room for a lane of object_size {cfg.object_size}")

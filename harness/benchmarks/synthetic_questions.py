@@ -44,9 +44,7 @@ PLAN = (  # (task, template ids to use, in order); a template without a candidat
 )
 
 
-def make_queries(
-    rng: np.random.Generator, tracks: list[Track], duration_s: float, fps: float
-) -> list[dict[str, Any]]:
+def make_queries(rng: np.random.Generator, tracks: list[Track], duration_s: float, fps: float) -> list[dict[str, Any]]:
     """Questions for one video, sorted by time, with `key`/`follows_key` linking a sequential pair."""
     scene = _Scene(tracks, duration_s, fps)
     times = np.arange(FIRST_QUERY_S, duration_s - 1.0 + 1e-9, TIME_STEP_S)
@@ -228,7 +226,7 @@ class _Scene:
         window = self.visible[rows, lo : hi + 1]
         if not (window.all(axis=1) | ~window.any(axis=1)).all():
             return None
-        return [r for r, on in zip(rows, window[:, -1]) if on]
+        return [r for r, on in zip(rows, window[:, -1], strict=True) if on]
 
     def _since(self, rows: list[int], t: float) -> float:
         """Time of the first frame of the unchanged stretch of rows' visibility that ends at t."""

@@ -91,7 +91,8 @@ def plan_tracks(
             appear = _on_grid(rng.uniform(0.5, duration_s - life - 0.5), fps)
             disappear = _on_grid(appear + life, fps)
             free = [
-                i for i, spans in enumerate(busy)
+                i
+                for i, spans in enumerate(busy)
                 if all(disappear + LANE_GAP_S <= a or appear >= d + LANE_GAP_S for a, d in spans)
             ]
             if free:
@@ -152,7 +153,9 @@ def render_video(
             pixels = background.at(t)
             for track in by_frame.get(k, ()):
                 _draw(pixels, track, t, lanes[track.lane], object_size)
-            yuv = cv2.cvtColor(pixels, cv2.COLOR_RGB2YUV_I420)  # BT.601 limited, as decoders assume; faster than swscale
+            yuv = cv2.cvtColor(
+                pixels, cv2.COLOR_RGB2YUV_I420
+            )  # BT.601 limited, as decoders assume; faster than swscale
             frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             frame.pts = k
             frame.time_base = 1 / rate

@@ -71,7 +71,9 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     if todo:
         n_queries = sum(q.id not in existing for _, s in todo for q in s.queries)
         with tqdm(total=n_queries, desc=label, unit="query", disable=not run.progress) as bar:
-            asyncio.run(_play_all(job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats))
+            asyncio.run(
+                _play_all(job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats)
+            )
     for index in planned:
         path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
         store.mark_done(path, {"config_hash": config_hash, "samples": len(grouped[index])})
@@ -79,12 +81,21 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     records = _existing_records(shards_dir, retry_errors=False)
     summary = summarize(records.values(), benchmark.tasks)
     _write_summary(out_dir, label, config_hash, summary, benchmark.tasks)
-    manifest.update(ended=_now(), reused=reused, new=stats.new, model_calls=stats.calls, decode_s=round(stats.decode_s, 3))
+    manifest.update(
+        ended=_now(), reused=reused, new=stats.new, model_calls=stats.calls, decode_s=round(stats.decode_s, 3)
+    )
     _write_json(out_dir / "manifest.json", manifest)
     if stats.new == 0:
         log.info("%s: all %d queries already recorded: no model called", label, reused)
     else:
-        log.info("%s: %d records reused, %d new (%d errors), %d model calls", label, reused, stats.new, stats.errors, stats.calls)
+        log.info(
+            "%s: %d records reused, %d new (%d errors), %d model calls",
+            label,
+            reused,
+            stats.new,
+            stats.errors,
+            stats.calls,
+        )
     return JobResult(out_dir, summary, reused, stats.new, stats.calls, stats.decode_s)
 
 
@@ -156,8 +167,18 @@ def _record(
     if isinstance(outcome, Exception):
         return ResultRecord(
             **common,  # type: ignore[arg-type]
-            route=None, route_reason="", frame_times_s=(), response=None, parsed=None, score=None,
-            latency_s=0.0, modelled_latency_s=None, tokens_in=0, tokens_out=0, n_calls=0, cost_usd=0.0,
+            route=None,
+            route_reason="",
+            frame_times_s=(),
+            response=None,
+            parsed=None,
+            score=None,
+            latency_s=0.0,
+            modelled_latency_s=None,
+            tokens_in=0,
+            tokens_out=0,
+            n_calls=0,
+            cost_usd=0.0,
             error=f"{type(outcome).__name__}: {outcome}",
         )
     parsed = None if outcome.text is None else benchmark.parse(query, outcome.text)
@@ -244,7 +265,9 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def _write_summary(out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...]) -> None:
+def _write_summary(
+    out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...]
+) -> None:
     _write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
     table = markdown(table_headers(tasks), [table_row(label, "done", summary, tasks)])
     (out_dir / "summary.md").write_text(f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n")

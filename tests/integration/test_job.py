@@ -62,7 +62,9 @@ def test_no_frame_from_the_future_and_no_truth_reaches_the_backend(data_root, tm
     samples = DATASETS.build(job.dataset).load()
     # plant a sentinel in every truth: if any of it reached a request, the scan below finds it
     poisoned = [
-        dataclasses.replace(s, truths={k: dataclasses.replace(t, answer=f"{SENTINEL}-{k}") for k, t in s.truths.items()})
+        dataclasses.replace(
+            s, truths={k: dataclasses.replace(t, answer=f"{SENTINEL}-{k}") for k, t in s.truths.items()}
+        )
         for s in samples
     ]
     monkeypatch.setattr(type(DATASETS.build(job.dataset)), "load", lambda self: poisoned)

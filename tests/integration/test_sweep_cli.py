@@ -59,8 +59,12 @@ def test_sigkill_mid_run_then_rerun_ends_with_one_record_per_query(data_root, tm
     args = _args(data_root, "run.name=kill", "backend.sleep=true", "run.concurrency=2")
     command = [sys.executable, str(ROOT / "run_sweep.py"), *args]
     process = subprocess.Popen(
-        command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        command,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and sum(len(_records(d)) for d in (tmp_path / "outputs").glob("kill/*")) < 6:

@@ -11,9 +11,25 @@ from harness.runner import store
 
 def _record(query_id: str, error: str | None = None) -> ResultRecord:
     return ResultRecord(
-        schema=RECORD_SCHEMA, config_hash="h", sample_id="s", query_id=query_id, task="realtime", kind="mcq",
-        time_s=1.0, route="S1", route_reason="forced", frame_times_s=(0.5, 1.0), response="A. red", parsed="A",
-        score=1.0, latency_s=0.01, modelled_latency_s=0.1, tokens_in=10, tokens_out=2, n_calls=1, cost_usd=0.0,
+        schema=RECORD_SCHEMA,
+        config_hash="h",
+        sample_id="s",
+        query_id=query_id,
+        task="realtime",
+        kind="mcq",
+        time_s=1.0,
+        route="S1",
+        route_reason="forced",
+        frame_times_s=(0.5, 1.0),
+        response="A. red",
+        parsed="A",
+        score=1.0,
+        latency_s=0.01,
+        modelled_latency_s=0.1,
+        tokens_in=10,
+        tokens_out=2,
+        n_calls=1,
+        cost_usd=0.0,
         error=error,
     )
 

@@ -202,7 +202,9 @@ def test_prompt_lists_options_and_instruction(bench, samples):
 
 
 def test_parse_reads_letters_option_texts_and_words(bench):
-    colours = Query("q", 5.0, "What colour is the star on screen now?", "realtime", "mcq", ("blue", "red", "green", "cyan"))
+    colours = Query(
+        "q", 5.0, "What colour is the star on screen now?", "realtime", "mcq", ("blue", "red", "green", "cyan")
+    )
     assert [bench.parse(colours, t) for t in ("B", "(C)", "D. cyan", "B) red", "It is red.", "A red star")] == [
         "B", "C", "D", "B", "B", "B"
     ]  # fmt: skip
