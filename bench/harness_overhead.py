@@ -1,6 +1,8 @@
 """Harness overhead: queries per second through the whole path (decode, simulator, system,
-reference backend at zero modelled latency, records on disk, summary) and the share of that
-time spent decoding video. Run: `make bench` (or `python bench/harness_overhead.py`).
+reference backend at zero modelled latency, records on disk, summary), the share of that wall
+time spent decoding video (CPU seconds of the reader threads) and inside the backend's
+generate() (wall seconds, summed over calls; overlapping under concurrency).
+Run: `make bench` (or `python bench/harness_overhead.py`).
 
 The dataset is the default synthetic benchmark; it is generated before timing starts.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -31,6 +34,7 @@ def measure(overrides: list[str], out_dir: Path) -> dict[str, float]:
     started = time.perf_counter()
     result = run_job(job, run, shard, out_dir)
     wall = time.perf_counter() - started
+    backend_s = result.summary["latency_s"] * result.summary["n"]  # wall time inside generate()
     return {
         "queries": result.new,
         "model_calls": result.model_calls,
@@ -39,6 +43,8 @@ def measure(overrides: list[str], out_dir: Path) -> dict[str, float]:
         "calls_per_s": round(result.model_calls / wall, 1),
         "decode_s": round(result.decode_s, 3),
         "decode_share": round(result.decode_s / wall, 3),
+        "backend_s": round(backend_s, 3),
+        "backend_share": round(backend_s / wall, 3),
     }
 
 
@@ -57,7 +63,7 @@ def main() -> None:
                 rows[name] = measure(overrides, Path(tmp) / name.replace(", ", "-").replace(" ", ""))
                 print(f"{name:28s} {json.dumps(rows[name])}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"python": platform.python_version(), "machine": platform.machine(), "processor": platform.processor()}
+    machine = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count()}
     args.out.write_text(json.dumps({"machine": machine, "overrides": args.overrides, "results": rows}, indent=1))
     print(f"written to {args.out}")
 

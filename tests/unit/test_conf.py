@@ -1,0 +1,41 @@
+"""Every shipped conf option composes, parses to its typed config, and uses one name everywhere."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from harness.config import COMPONENTS, load_job, register
+from tests.helpers import CONF
+
+GROUPS = [*COMPONENTS, "system"]
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_option_composes_and_parses(group, option, tmp_path):
+    register()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"{group}={option}"])
+    assert cfg[group].name == option, f"conf/{group}/{option}.yaml must say name: {option}"
+    job, run, shard = load_job(cfg)
+    parsed = job.system if group == "system" else getattr(job, group).config
+    assert parsed.name == option
+    # the YAML spells out every field of its schema, so the file documents all knobs
+    written = OmegaConf.load(CONF / group / f"{option}.yaml")
+    assert set(OmegaConf.to_container(OmegaConf.structured(parsed))) <= set(written) | {"defaults"}
+
+
+@pytest.mark.parametrize("kind", list(COMPONENTS))
+def test_every_registered_name_has_a_conf_file(kind):
+    assert COMPONENTS[kind].names() == sorted(p.stem for p in (CONF / kind).glob("*.yaml"))
+
+
+def test_every_experiment_composes():
+    register()
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={path.stem}"], return_hydra_config=True)
+        load_job(cfg)
+        assert cfg.hydra.sweeper.params, f"{path.name} declares its sweep axes"
