@@ -107,18 +107,19 @@ class ResultRecord:
     task: str
     kind: str
     time_s: float  # when the query was asked
-    route: Route | None  # None when the query failed before it was routed
-    route_reason: str
-    frame_times_s: tuple[float, ...]  # what the model saw for the answer: provenance, leakage check
-    response: str | None  # raw text of the answering call
-    parsed: str | None
-    score: float | None  # None only for error records
-    latency_s: float  # measured wall time of all calls for this query
-    modelled_latency_s: float | None
-    tokens_in: int
-    tokens_out: int
-    n_calls: int  # backend calls made (proactive polls included)
-    cost_usd: float
+    # the defaults below are what an error record holds: nothing was answered
+    route: Route | None = None  # None when the query failed before it was routed
+    route_reason: str = ""
+    frame_times_s: tuple[float, ...] = ()  # what the model saw for the answer: provenance, leakage check
+    response: str | None = None  # raw text of the answering call
+    parsed: str | None = None
+    score: float | None = None  # None only for error records
+    latency_s: float = 0.0  # measured wall time of all calls for this query
+    modelled_latency_s: float | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+    n_calls: int = 0  # backend calls made (proactive polls included)
+    cost_usd: float = 0.0
     response_time_s: float | None = None  # stream time of the answer (proactive)
     subscores: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None

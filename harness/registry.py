@@ -72,6 +72,9 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._entries)
 
+    def implementation(self, name: str) -> Callable[[Any], T]:
+        return self._entries[name][1]
+
     def parse(self, node: DictConfig | dict[str, Any]) -> Choice:
         """Check one conf node against its schema and return the typed config."""
         params = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)

@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from harness.runner.store import write_json
 from harness.summary import markdown, table_headers, table_row
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,12 @@ class SweepLedger(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         shutil.rmtree(sweep_dir / LEDGER, ignore_errors=True)
         (sweep_dir / LEDGER).mkdir(parents=True)
-        _write_json(sweep_dir / LEDGER / "plan.json", {"argv": sys.argv, "jobs": _planned_jobs(config)})
+        write_json(sweep_dir / LEDGER / "plan.json", {"argv": sys.argv, "jobs": _planned_jobs(config)})
 
     def _job_start(self, config: DictConfig) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
         overrides = list(config.hydra.overrides.task)
-        _write_json(
+        write_json(
             job_dir / "status.json",
             {
                 "status": "running",
@@ -79,7 +80,7 @@ class SweepLedger(Callback):
         if _is_multirun():
             sweep_dir = Path(config.hydra.sweep.dir)
             entry = {"dir": os.path.relpath(job_dir, sweep_dir), "overrides": overrides}
-            _write_json(sweep_dir / LEDGER / f"job-{config.hydra.job.num}.json", entry)
+            write_json(sweep_dir / LEDGER / f"job-{config.hydra.job.num}.json", entry)
 
     def _job_end(self, config: DictConfig, job_return: JobReturn) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
@@ -89,12 +90,12 @@ class SweepLedger(Callback):
             error = job_return._return_value
             status.update(status="failed", error=(f"{type(error).__name__}: {error}".splitlines() or [""])[0])
             (job_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
-        _write_json(job_dir / "status.json", status)
+        write_json(job_dir / "status.json", status)
         if not _is_multirun():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         table, jobs = sweep_table(sweep_dir)
-        _write_json(sweep_dir / "sweep.json", {"jobs": jobs})
+        write_json(sweep_dir / "sweep.json", {"jobs": jobs})
         planned = (_read_json(sweep_dir / LEDGER / "plan.json") or {}).get("jobs")
         ended = [j for j in jobs if j["status"]["status"] in ("completed", "failed")]
         if planned is not None and len(ended) >= planned:
@@ -135,13 +136,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json(path: Path, content: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(content, indent=1, default=str))
-    tmp.replace(path)
 
 
 def _quietly(hook: Any, *args: Any) -> None:

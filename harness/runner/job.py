@@ -76,7 +76,7 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
             )
     for index in planned:
         path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
-        store.mark_done(path, {"config_hash": config_hash, "samples": len(grouped[index])})
+        store.write_json(path, {"config_hash": config_hash, "samples": len(grouped[index])})
 
     records = _existing_records(shards_dir, retry_errors=False)
     summary = summarize(records.values(), benchmark.tasks)
@@ -84,7 +84,7 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     manifest.update(
         ended=_now(), reused=reused, new=stats.new, model_calls=stats.calls, decode_s=round(stats.decode_s, 3)
     )
-    _write_json(out_dir / "manifest.json", manifest)
+    store.write_json(out_dir / "manifest.json", manifest)
     if stats.new == 0:
         log.info("%s: all %d queries already recorded: no model called", label, reused)
     else:
@@ -165,22 +165,7 @@ def _record(
         time_s=query.time_s,
     )
     if isinstance(outcome, Exception):
-        return ResultRecord(
-            **common,  # type: ignore[arg-type]
-            route=None,
-            route_reason="",
-            frame_times_s=(),
-            response=None,
-            parsed=None,
-            score=None,
-            latency_s=0.0,
-            modelled_latency_s=None,
-            tokens_in=0,
-            tokens_out=0,
-            n_calls=0,
-            cost_usd=0.0,
-            error=f"{type(outcome).__name__}: {outcome}",
-        )
+        return ResultRecord(**common, error=f"{type(outcome).__name__}: {outcome}")  # type: ignore[arg-type]
     parsed = None if outcome.text is None else benchmark.parse(query, outcome.text)
     score, subscores = benchmark.score(query, sample.truths[query.id], parsed, outcome.response_time_s)
     usage = outcome.usage
@@ -253,7 +238,7 @@ def _manifest(out_dir: Path, config_hash: str) -> dict[str, Any]:
         except PackageNotFoundError:
             versions[package] = None
     manifest = {"config_hash": config_hash, "versions": versions, "git_commit": _git_commit(), "started": _now()}
-    _write_json(out_dir / "manifest.json", manifest)
+    store.write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 
@@ -268,15 +253,9 @@ def _git_commit() -> str | None:
 def _write_summary(
     out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...]
 ) -> None:
-    _write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
+    store.write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
     table = markdown(table_headers(tasks), [table_row(label, "done", summary, tasks)])
     (out_dir / "summary.md").write_text(f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n")
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1))
-    tmp.replace(path)
 
 
 def _now() -> str:

@@ -59,7 +59,10 @@ class ShardWriter:
         self._file.close()
 
 
-def mark_done(path: Path, content: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(content, indent=1))
+def write_json(path: Path, content: object) -> None:
+    """Write a small JSON file atomically (done markers, manifests, status), so a reader never
+    sees half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(content, indent=1, default=str))
     os.replace(tmp, path)
