@@ -24,8 +24,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.summary import markdown, table_headers, table_row
 from harness.runner.store import write_json
-from harness.summary import markdown, table_headers, table_row
 
 log = logging.getLogger(__name__)
 LEDGER = ".jobs"  # per-job pointers of the current sweep, under the sweep folder

@@ -14,7 +14,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -25,29 +24,6 @@ from harness.errors import DataError
 from harness.records import Frame
 
 _END = object()
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    duration_s: float
-    fps: float
-    width: int
-    height: int
-
-
-def probe(path: str | Path) -> VideoInfo:
-    """Duration, native fps and size from the container, without decoding."""
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            duration = (
-                float(stream.duration * stream.time_base)
-                if stream.duration is not None
-                else (container.duration or 0) / av.time_base
-            )
-            return VideoInfo(duration, float(stream.average_rate or 0), stream.width, stream.height)
-    except (av.FFmpegError, IndexError, OSError) as e:
-        raise DataError(f"{path}: cannot open video: {e}") from None
 
 
 def sample_frames(path: str | Path, fps: float, max_side: int = 0) -> Iterator[Frame]:

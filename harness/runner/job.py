@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from analysis.summary import ERROR_POLICY, markdown, summarize, table_headers, table_row
 from backends.base import BACKENDS, Backend
 from harness.benchmarks.base import DATASETS, Benchmark
 from harness.config import Job, RunConfig, ShardConfig
@@ -32,7 +33,6 @@ from harness.runner import store
 from harness.runner.plan import by_shard, shards_to_run
 from harness.scheduler import SCHEDULERS
 from harness.simulator import play
-from harness.summary import ERROR_POLICY, markdown, summarize, table_headers, table_row
 from harness.system import Answer, StreamSystem
 from harness.video import FrameReader
 

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pytest
 
 from harness.errors import DataError
-from harness.video import FrameReader, probe, sample_frames
+from harness.video import FrameReader, sample_frames
 from tests.conftest import read_barcode
 
 
@@ -47,12 +47,6 @@ def test_reader_thread_yields_the_same_frames(barcode_video_10fps):
     assert [f.time_s for f in frames] == [f.time_s for f in expected]
     assert [read_barcode(f.pixels) for f in frames] == [read_barcode(f.pixels) for f in expected]
     assert decode_s > 0
-
-
-def test_probe_reports_duration_and_size(barcode_video_10fps):
-    info = probe(barcode_video_10fps)
-    assert info.width == 192 and info.height == 64
-    assert info.duration_s == pytest.approx(8.0, abs=0.11)
 
 
 def test_missing_and_corrupt_videos_name_the_path(tmp_path):
