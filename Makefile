@@ -5,8 +5,8 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test check bench clean-outputs
 
-run: $(STAMP)  ## the default sweep (experiment=quickstart) on the synthetic benchmark
-	$(PYTHON) run_sweep.py experiment=quickstart
+run: $(STAMP)  ## the default sweep (+experiment=quickstart) on the synthetic benchmark
+	$(PYTHON) run_sweep.py +experiment=quickstart
 
 test: $(STAMP)  ## the test suite
 	$(PYTHON) -m pytest -q

@@ -10,6 +10,7 @@ route (S1 fast, S2 slow), and optionally really waited, so latency-aware parts s
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections import Counter
@@ -77,14 +78,16 @@ class Reference:
         profile = {"S1": self.cfg.s1, "S2": self.cfg.s2}.get(request.route)
         if profile is None:
             raise BackendError(f"reference backend: unknown route {request.route!r} (expected S1 or S2)")
-        text = await asyncio.to_thread(answer, request.frames, request.prompt, request.history)
+        text = await asyncio.to_thread(answer, request.frames, request.prompt, request.history, request.context)
         tokens_out = len(text.split())
         n_frames = len(request.frames)
         modelled = profile.base_s + profile.per_frame_s * n_frames + profile.per_output_token_s * tokens_out
         if self.cfg.sleep:
             await asyncio.sleep(max(0.0, modelled - (time.perf_counter() - started)))
-        words_in = len(request.prompt.split()) + sum(
-            len(turn.question.split()) + len(turn.answer.split()) for turn in request.history
+        words_in = (
+            len(request.prompt.split())
+            + sum(len(turn.question.split()) + len(turn.answer.split()) for turn in request.history)
+            + sum(len(note.split()) for note in request.context)
         )
         return Response(
             text=text,
@@ -98,14 +101,16 @@ class Reference:
         """Nothing to release."""
 
 
-def answer(frames: tuple[Frame, ...], prompt: str, history: tuple[Turn, ...] = ()) -> str:
-    """The reply to one prompt of the synthetic grammar, from these frames only."""
-    timeline = sorted(frames, key=lambda f: f.time_s)
+def answer(
+    frames: tuple[Frame, ...], prompt: str, history: tuple[Turn, ...] = (), context: tuple[str, ...] = ()
+) -> str:
+    """The reply to one prompt of the synthetic grammar, from these frames (and text notes) only."""
+    scene = _Scene(sorted(frames, key=lambda f: f.time_s), context)
     options = re.findall(r"^([A-D])\. (.+?)\s*$", prompt, re.MULTILINE)
     matches = [(found, rule) for pattern, rule in _RULES if (found := re.search(pattern, prompt))]
     if matches:  # the question asked last in the prompt, should earlier turns be quoted before it
         found, rule = max(matches, key=lambda pair: pair[0].start())
-        return rule(found, timeline, options, history)
+        return rule(found, scene, options, history)
     first_line = prompt.strip().splitlines()[0] if prompt.strip() else ""
     raise BackendError(f"reference backend: question not in the synthetic grammar: {first_line[:120]!r}")
 
@@ -127,69 +132,77 @@ def detect(pixels: np.ndarray) -> list[Detection]:
         for contour in contours:
             area = cv2.contourArea(contour)
             if area >= min_area:
-                found.append(Detection(colour, _classify(contour, area), area))
+                found.append(Detection(colour, classify_shape(contour, area), area))
     return found
 
 
-# ---- question rules: (pattern, rule(match, frames in time order, options, history) -> reply)
+# ---- question rules: (pattern, rule(match, scene, options, history) -> reply)
 
 
-def _colour_of_shape_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    hits = [d.colour for d in _now(frames) if d.shape == m.group(1)]
+def _colour_of_shape_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    hits = [d.colour for d in scene.now() if d.shape == m.group(1)]
     return _choose(options, hits[0] if hits else None)
 
 
-def _shape_of_colour_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    hits = [d.shape for d in _now(frames) if d.colour == m.group(1)]
+def _shape_of_colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    hits = [d.shape for d in scene.now() if d.colour == m.group(1)]
     return _choose(options, hits[0] if hits else None)
 
 
-def _count_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    return _choose(options, str(len(_now(frames))) if frames else None)
+def _count_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    return _choose(options, str(len(scene.now())) if scene.frames else None)
 
 
-def _shape_seen_earlier(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    shapes = Counter(d.shape for f in frames for d in detect(f.pixels) if d.colour == m.group(1))
-    return _choose(options, shapes.most_common(1)[0][0] if shapes else None)  # the majority, over frames
+def _shape_seen_earlier(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    shapes = Counter(d.shape for _, d in scene.sightings() if d.colour == m.group(1))
+    return _choose(options, shapes.most_common(1)[0][0] if shapes else None)  # the majority, over sightings
 
 
-def _colour_count_so_far(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    kinds = {(d.colour, d.shape) for f in frames for d in detect(f.pixels) if d.colour == m.group(1)}
+def _colour_count_so_far(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    kinds = {(d.colour, d.shape) for _, d in scene.sightings() if d.colour == m.group(1)}
     return _choose(options, str(len(kinds)))
 
 
-def _shape_count_so_far(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    kinds = {(d.colour, d.shape) for f in frames for d in detect(f.pixels) if d.shape == m.group(1)}
+def _shape_count_so_far(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    kinds = {(d.colour, d.shape) for _, d in scene.sightings() if d.shape == m.group(1)}
     return _choose(options, str(len(kinds)))
 
 
-def _appeared_first(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+def _appeared_first(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
     first_seen: dict[str, float] = {}
-    for frame in frames:
-        for d in detect(frame.pixels):
-            first_seen.setdefault(f"{d.colour} {d.shape}", frame.time_s)
+    for time_s, d in sorted(scene.sightings(), key=lambda pair: pair[0]):
+        first_seen.setdefault(f"{d.colour} {d.shape}", time_s)
     seen = [text for _, text in options if text in first_seen]
     return _choose(options, min(seen, key=first_seen.__getitem__) if seen else None)
 
 
-def _named_colour_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+def _named_colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
     named = re.search(rf"\b{_COLOUR}\b", history[-1].answer, re.IGNORECASE) if history else None
     if named is None:
         return "no"
-    return "yes" if any(d.colour == named.group(1).lower() for d in _now(frames)) else "no"
+    return "yes" if any(d.colour == named.group(1).lower() for d in scene.now()) else "no"
 
 
-def _colour_now(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
-    return "yes" if any(d.colour == m.group(1) for d in _now(frames)) else "no"
+def _colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    return "yes" if any(d.colour == m.group(1) for d in scene.now()) else "no"
 
 
-def _announce(m: re.Match, frames: list[Frame], options: list, history: tuple) -> str:
+def _announce(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
     colour = m.group(1)
-    for frame in reversed(frames):  # the latest frame that shows one
-        hits = [d.shape for d in detect(frame.pixels) if d.colour == colour]
+    for position in reversed(range(len(scene.frames))):  # the latest frame that shows one
+        hits = [d.shape for d in scene.detections(position) if d.colour == colour]
         if hits:
             return f"A {colour} {hits[0]} appeared."
     return f"No {colour} object has appeared."
+
+
+def _describe(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+    now = scene.now()
+    if not now:
+        return "No coloured object is on screen."
+    things = [f"a {d.colour} {d.shape}" for d in now]
+    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
+    return f"{listed[0].upper()}{listed[1:]} {'is' if len(things) == 1 else 'are'} on screen."
 
 
 _RULES: list[tuple[str, Callable[..., str]]] = [
@@ -203,15 +216,39 @@ _RULES: list[tuple[str, Callable[..., str]]] = [
     (r"Is an object of the colour you named in your previous answer on screen now\?", _named_colour_now),
     (rf"Is a {_COLOUR} object on screen now\?", _colour_now),
     (rf"Tell me when a {_COLOUR} object appears, and name its shape\.", _announce),
+    (r"Describe what is on screen now", _describe),
 ]
 
 
+class _Scene:
+    """The frames of a request and its text notes, read lazily: detection runs once per frame."""
+
+    def __init__(self, frames: list[Frame], notes: tuple[str, ...]) -> None:
+        self.frames = frames
+        self._notes = notes
+        self._detected: dict[int, list[Detection]] = {}
+
+    def detections(self, position: int) -> list[Detection]:
+        if position not in self._detected:
+            self._detected[position] = detect(self.frames[position].pixels)
+        return self._detected[position]
+
+    def now(self) -> list[Detection]:
+        """What is on screen now: the latest frame's detections."""
+        return self.detections(len(self.frames) - 1) if self.frames else []
+
+    def sightings(self) -> list[tuple[float, Detection]]:
+        """Every (time, object) seen in a frame or named in a note ("[12.0 s] A red circle ...")."""
+        seen = [(f.time_s, d) for i, f in enumerate(self.frames) for d in self.detections(i)]
+        for note in self._notes:
+            stamp = re.match(r"\s*\[(\d+(?:\.\d+)?) s\]", note)
+            time_s = float(stamp.group(1)) if stamp else math.inf
+            for colour, shape in re.findall(rf"\b{_COLOUR} {_SHAPE}\b", note, re.IGNORECASE):
+                seen.append((time_s, Detection(colour.lower(), shape.lower(), 0.0)))
+        return seen
+
+
 # ---- helpers
-
-
-def _now(frames: list[Frame]) -> list[Detection]:
-    """What is on screen now: the latest frame's detections."""
-    return detect(frames[-1].pixels) if frames else []
 
 
 def _choose(options: list[tuple[str, str]], value: str | None) -> str:
@@ -225,7 +262,7 @@ def _choose(options: list[tuple[str, str]], value: str | None) -> str:
     return f"{letter}. {text}"
 
 
-def _classify(contour: np.ndarray, area: float) -> str:
+def classify_shape(contour: np.ndarray, area: float) -> str:
     """Star by low solidity; then how much of its enclosing circle the blob fills.
 
     Fill is rotation- and scale-invariant and survives compression better than counting the vertices

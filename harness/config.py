@@ -14,7 +14,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 import backends
-from harness import benchmarks, memory, routers, scheduler
+from harness import benchmarks, encoders, memory, routers, scheduler
 from harness.errors import ConfigError
 from harness.registry import Choice, Registry, schema_node
 from harness.system import SystemConfig
@@ -25,6 +25,7 @@ COMPONENTS: dict[str, Registry[Any]] = {
     "router": routers.ROUTERS,
     "memory": memory.MEMORIES,
     "scheduler": scheduler.SCHEDULERS,
+    "encoder": encoders.ENCODERS,
 }
 
 
@@ -37,6 +38,8 @@ class RunConfig:
     concurrency: int = 4  # streams played at once
     retry_errors: bool = False  # re-run queries whose record is an error
     progress: bool = True  # tqdm bar per job
+    embedding_cache: str | None = ".cache/embeddings"  # frame embeddings shared across jobs; null: off
+    torch_threads: int | None = 1  # CPU threads per torch op; 1: streams already run in parallel; null: default
 
 
 @dataclass
@@ -56,6 +59,7 @@ class RootConfig:
     router: Any = MISSING
     memory: Any = MISSING
     scheduler: Any = MISSING
+    encoder: Any = MISSING
     system: Any = MISSING
     run: RunConfig = field(default_factory=RunConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -70,11 +74,13 @@ class Job:
     router: Choice
     memory: Choice
     scheduler: Choice
+    encoder: Choice
     system: SystemConfig
 
     def semantic(self) -> dict[str, Any]:
         """The job as plain data (what config.yaml holds and the hash covers)."""
-        out = {c.kind: _plain(c.config) for c in (self.dataset, self.backend, self.router, self.memory, self.scheduler)}
+        choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
+        out = {c.kind: _plain(c.config) for c in choices}
         out["system"] = _plain(self.system)
         return out
 

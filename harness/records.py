@@ -80,6 +80,7 @@ class Request:
     frames: tuple[Frame, ...]
     prompt: str
     history: tuple[Turn, ...] = ()
+    context: tuple[str, ...] = ()  # text memory shown with the frames, e.g. "[12.0 s] A red circle."
     max_new_tokens: int = 32
 
 
@@ -122,6 +123,10 @@ class ResultRecord:
     cost_usd: float = 0.0
     response_time_s: float | None = None  # stream time of the answer (proactive)
     subscores: Mapping[str, float] = field(default_factory=dict)
+    memory_frames: int = 0  # what the stream's memory held when the query was answered
+    memory_tokens: int = 0
+    memory_bytes: int = 0
+    memory_notes: int = 0
     error: str | None = None
 
     @property

@@ -55,7 +55,7 @@ async def play(
                 continue
             decision, usage = polling[query.id]
             if clock.ended_before(now_s):
-                await emit(query, Answer(decision, None, (), usage))  # never fired
+                await emit(query, Answer(decision, None, (), usage, system.memory_usage()))  # never fired
             elif await system.poll(query, decision, now_s, usage):
                 answer = await system.ask(query, decision, now_s, usage)
                 answer.response_time_s = now_s
@@ -90,7 +90,7 @@ class _Clock:
                     return
             if self._pending.time_s > now_s + 1e-6:
                 return
-            self._system.observe(self._pending)
+            await self._system.observe(self._pending)
             self._last_s, self._pending = self._pending.time_s, None
 
     def ended_before(self, now_s: float) -> bool:

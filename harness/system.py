@@ -1,20 +1,26 @@
 """The dual system of one stream: S1 answers from the recent window, S2 from memory via a router.
 
-A `StreamSystem` holds everything that belongs to one stream (recent frames, memory, its own
-earlier answers) and talks to the shared backend, scheduler and router of the job.
+A `StreamSystem` holds everything that belongs to one stream (recent frames, memory, frame
+tokens, its own earlier answers) and talks to the shared backend, scheduler and router of the job.
+S2 is shown the frames the memory expands the router's choice into, plus the text memory's notes
+that match the query; a memory that offers no frames leaves S2 with what S1 sees.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass, field
 
 from backends.base import Backend
 from harness.benchmarks.base import Benchmark
-from harness.memory.base import Memory
+from harness.embedding_cache import StreamTokens
+from harness.memory.base import Memory, MemoryUsage, Note
 from harness.records import Frame, Query, Request, Response, Route, Turn
 from harness.routers.base import Router
 from harness.scheduler import Decision, Scheduler, StreamState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,7 @@ class SystemConfig:
     s1: S1Config = field(default_factory=S1Config)
     s2: S2Config = field(default_factory=S2Config)
     proactive: ProactiveConfig = field(default_factory=ProactiveConfig)
+    caption_prompt: str = "Describe what is on screen now in one sentence."  # S1's notes for a text memory
 
 
 @dataclass
@@ -74,6 +81,7 @@ class Answer:
     text: str | None  # None: a proactive query whose trigger never fired
     frame_times_s: tuple[float, ...]
     usage: Usage
+    memory: MemoryUsage
     response_time_s: float | None = None
 
 
@@ -86,6 +94,7 @@ class StreamSystem:
         router: Router,
         memory: Memory,
         benchmark: Benchmark,
+        tokens: StreamTokens | None = None,
     ) -> None:
         self.cfg = cfg
         self._backend = backend
@@ -93,15 +102,22 @@ class StreamSystem:
         self._router = router
         self._memory = memory
         self._benchmark = benchmark
+        self._tokens = tokens  # None when neither router nor memory needs embeddings
         self._recent: deque[Frame] = deque()
         self._answers: dict[str, Turn] = {}  # query id -> (prompt, own answer)
         self._follows: dict[str, str | None] = {}  # query id -> the query it refers to
+        self._next_note_s = memory.note_every_s
+        self.notes = Usage()  # calls S1 made to write text-memory notes
 
-    def observe(self, frame: Frame) -> None:
-        self._memory.ingest(frame)
+    async def observe(self, frame: Frame) -> None:
+        tokens = await self._tokens.frame(frame) if self._tokens is not None else None
+        self._memory.ingest(frame, tokens)
         self._recent.append(frame)
         while self._recent and self._recent[0].time_s < frame.time_s - self.cfg.s1.window_s:
             self._recent.popleft()
+        if self._next_note_s is not None and frame.time_s >= self._next_note_s:
+            self._next_note_s = frame.time_s + (self._memory.note_every_s or 0.0)
+            await self._write_note(frame.time_s)
 
     def remember(self, query: Query, answer: str) -> None:
         """Record the system's own answer (also one restored from an earlier run's record)."""
@@ -109,41 +125,61 @@ class StreamSystem:
         self._follows[query.id] = query.follows
 
     def decide(self, query: Query, now_s: float) -> Decision:
-        state = StreamState(now_s=now_s, memory_frames=len(self._memory.view(now_s).frames))
+        state = StreamState(now_s=now_s, memory_frames=self._memory.usage().frames)
         return self._scheduler.route(query, state)
 
     async def ask(self, query: Query, decision: Decision, now_s: float, usage: Usage) -> Answer:
         """Answer `query` at stream time now_s on the decided route."""
-        frames = self._frames(query, decision.route, now_s)
+        frames, context = await self._inputs(query, decision.route, now_s)
         request = Request(
             time_s=now_s,
             route=decision.route,
             frames=frames,
             prompt=self._benchmark.prompt(query),
             history=self._history(query),
+            context=context,
             max_new_tokens=self._max_new_tokens(decision.route),
         )
         response = await self._backend.generate(request)
         usage.add(response)
         self.remember(query, response.text)
-        return Answer(decision, response.text, tuple(f.time_s for f in frames), usage)
+        return Answer(decision, response.text, tuple(f.time_s for f in frames), usage, self._memory.usage())
 
     async def poll(self, query: Query, decision: Decision, now_s: float, usage: Usage) -> bool:
         """Ask a proactive query's trigger question; True when the system says "now"."""
         assert query.trigger is not None
-        frames = self._frames(query, decision.route, now_s)
-        request = Request(now_s, decision.route, frames, query.trigger, (), max_new_tokens=4)
+        frames, context = await self._inputs(query, decision.route, now_s)
+        request = Request(now_s, decision.route, frames, query.trigger, context=context, max_new_tokens=4)
         response = await self._backend.generate(request)
         usage.add(response)
         return self._benchmark.fired(response.text)
 
-    def _frames(self, query: Query, route: Route, now_s: float) -> tuple[Frame, ...]:
+    def memory_usage(self) -> MemoryUsage:
+        return self._memory.usage()
+
+    async def _inputs(self, query: Query, route: Route, now_s: float) -> tuple[tuple[Frame, ...], tuple[str, ...]]:
+        """The frames (and text memory) a route shows the model for `query` at now_s."""
+        recent = tuple(f for f in self._recent if f.time_s <= now_s)[-self.cfg.s1.max_frames :]
         if route == "S1":
-            recent = [f for f in self._recent if f.time_s <= now_s]
-            return tuple(recent[-self.cfg.s1.max_frames :])
-        view = self._memory.view(now_s)
-        choice = self._router.select(query, view, self.cfg.s2.max_frames)
-        return tuple(view.frames[i] for i in sorted(choice.indices))
+            return recent, ()
+        view = self._memory.view(now_s, query.text)
+        query_tokens = None
+        if self._router.needs_tokens and self._tokens is not None:
+            query_tokens = await self._tokens.text(query.text)
+        choice = self._router.select(query_tokens, view, self.cfg.s2.max_frames)
+        frames = self._memory.expand(view, choice, self.cfg.s2.max_frames) or recent
+        return frames, tuple(f"[{n.time_s:.1f} s] {n.text}" for n in view.notes)
+
+    async def _write_note(self, now_s: float) -> None:
+        recent = tuple(self._recent)[-self.cfg.s1.max_frames :]
+        request = Request(now_s, "S1", recent, self.cfg.caption_prompt, max_new_tokens=self.cfg.s1.max_new_tokens)
+        try:
+            response = await self._backend.generate(request)
+        except Exception as e:  # a lost note costs the memory one entry, not the stream
+            log.warning("text memory: no note at %.1f s (%s: %s)", now_s, type(e).__name__, e)
+            return
+        self.notes.add(response)
+        self._memory.add_note(Note(now_s, response.text))
 
     def _history(self, query: Query) -> tuple[Turn, ...]:
         """The chain of earlier turns this query refers to, oldest first."""

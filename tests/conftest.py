@@ -9,6 +9,9 @@ import av
 import numpy as np
 import pytest
 
+# tiny random CLIP / SigLIP / Qwen2.5-VL checkpoints, built offline once per session
+pytest_plugins = ["tests.fixtures.tiny_models"]
+
 BITS = 12
 CELL = 16
 

@@ -1,6 +1,6 @@
 """Streaming memories; importing this package registers them all."""
 
-from harness.memory import window  # noqa: F401
-from harness.memory.base import MEMORIES, Memory, MemoryView
+from harness.memory import hybrid, keyframe, none, text, window  # noqa: F401
+from harness.memory.base import MEMORIES, FrameChoice, Memory, MemoryUsage, MemoryView, Note
 
-__all__ = ["MEMORIES", "Memory", "MemoryView"]
+__all__ = ["MEMORIES", "FrameChoice", "Memory", "MemoryUsage", "MemoryView", "Note"]

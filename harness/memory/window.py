@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from harness.memory.base import MEMORIES, MemoryView
+import torch
+
+from harness.memory.base import (
+    MEMORIES,
+    FrameChoice,
+    MemoryUsage,
+    MemoryView,
+    Note,
+    expand_frames,
+    frame_bytes,
+    stack,
+    tokens_bytes,
+)
 from harness.records import Frame
 
 
@@ -18,14 +30,30 @@ class WindowConfig:
 
 @MEMORIES.register("window", WindowConfig)
 class Window:
+    needs_tokens = False
+    note_every_s = None
+
     def __init__(self, cfg: WindowConfig) -> None:
         self.cfg = cfg
-        self._frames: deque[Frame] = deque(maxlen=cfg.max_frames)
+        self._kept: deque[tuple[Frame, torch.Tensor | None]] = deque(maxlen=cfg.max_frames)
 
-    def ingest(self, frame: Frame) -> None:
-        self._frames.append(frame)
-        while self._frames and self._frames[0].time_s < frame.time_s - self.cfg.window_s:
-            self._frames.popleft()
+    def ingest(self, frame: Frame, tokens: torch.Tensor | None) -> None:
+        self._kept.append((frame, tokens))
+        while self._kept and self._kept[0][0].time_s < frame.time_s - self.cfg.window_s:
+            self._kept.popleft()
 
-    def view(self, now_s: float) -> MemoryView:
-        return MemoryView(now_s, tuple(f for f in self._frames if f.time_s <= now_s))
+    def add_note(self, note: Note) -> None:
+        raise TypeError("window memory keeps no notes")
+
+    def view(self, now_s: float, query_text: str) -> MemoryView:
+        kept = [(f, t) for f, t in self._kept if f.time_s <= now_s]
+        tokens = [t for _, t in kept if t is not None]
+        return MemoryView(now_s, tuple(f for f, _ in kept), stack(tokens) if len(tokens) == len(kept) else None)
+
+    def expand(self, view: MemoryView, choice: FrameChoice, max_frames: int) -> tuple[Frame, ...]:
+        return expand_frames(view, choice, max_frames)
+
+    def usage(self) -> MemoryUsage:
+        n_tokens = sum(0 if t is None else t.shape[0] for _, t in self._kept)
+        size = sum(frame_bytes(f) + tokens_bytes(t) for f, t in self._kept)
+        return MemoryUsage(frames=len(self._kept), tokens=n_tokens, bytes=size)

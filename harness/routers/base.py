@@ -1,25 +1,21 @@
-"""Frame routers choose which remembered frames S2 shows the model. Pure: no clock, no I/O, no state."""
+"""Frame routers choose which memory candidates S2 shows the model. Pure: no clock, no I/O, no state."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-from harness.memory.base import MemoryView
-from harness.records import Query
+import torch
+
+from harness.memory.base import FrameChoice, MemoryView
 from harness.registry import Registry
 
 
-@dataclass(frozen=True)
-class FrameChoice:
-    """Positions in the memory view, in time order, with optional relevance scores."""
-
-    indices: tuple[int, ...]
-    scores: tuple[float, ...] = ()
-
-
 class Router(Protocol):
-    def select(self, query: Query, memory: MemoryView, max_frames: int) -> FrameChoice: ...
+    needs_tokens: bool  # scores query tokens against candidate tokens (the job then runs the encoder)
+
+    def select(self, query_tokens: torch.Tensor | None, memory: MemoryView, max_frames: int) -> FrameChoice:
+        """Pick candidates of `memory` for a query ([S, D] tokens when needs_tokens)."""
+        ...
 
 
 ROUTERS: Registry[Router] = Registry("router")

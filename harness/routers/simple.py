@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from harness.memory.base import MemoryView
-from harness.records import Query
-from harness.routers.base import ROUTERS, FrameChoice
+from harness.memory.base import FrameChoice, MemoryView
+from harness.routers.base import ROUTERS
 
 
 @dataclass(frozen=True)
@@ -27,20 +27,24 @@ class UniformConfig:
 
 @ROUTERS.register("recent", RecentConfig)
 class Recent:
+    needs_tokens = False
+
     def __init__(self, cfg: RecentConfig) -> None:
         self.cfg = cfg
 
-    def select(self, query: Query, memory: MemoryView, max_frames: int) -> FrameChoice:
+    def select(self, query_tokens: torch.Tensor | None, memory: MemoryView, max_frames: int) -> FrameChoice:
         n = len(memory.frames)
         return FrameChoice(tuple(range(max(0, n - max_frames), n)))
 
 
 @ROUTERS.register("uniform", UniformConfig)
 class Uniform:
+    needs_tokens = False
+
     def __init__(self, cfg: UniformConfig) -> None:
         self.cfg = cfg
 
-    def select(self, query: Query, memory: MemoryView, max_frames: int) -> FrameChoice:
+    def select(self, query_tokens: torch.Tensor | None, memory: MemoryView, max_frames: int) -> FrameChoice:
         n = len(memory.frames)
         if n <= max_frames:
             return FrameChoice(tuple(range(n)))

@@ -14,10 +14,11 @@ import platform
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from tqdm import tqdm
 
@@ -25,6 +26,8 @@ from analysis.summary import ERROR_POLICY, markdown, summarize, table_headers, t
 from backends.base import BACKENDS, Backend
 from harness.benchmarks.base import DATASETS, Benchmark
 from harness.config import Job, RunConfig, ShardConfig
+from harness.embedding_cache import CacheCounts, EmbeddingCache, StreamTokens
+from harness.encoders.base import ENCODERS, Encoder
 from harness.errors import ConfigError
 from harness.memory.base import MEMORIES
 from harness.records import RECORD_SCHEMA, Query, ResultRecord, StreamSample
@@ -45,8 +48,9 @@ class JobResult:
     summary: dict[str, Any]
     reused: int  # records found on disk and kept
     new: int  # records written by this run
-    model_calls: int  # backend calls made by this run
-    decode_s: float  # time the reader threads spent decoding
+    model_calls: int  # backend calls made by this run (text-memory notes included)
+    decode_s: float  # CPU time the reader threads spent decoding
+    embeddings: CacheCounts  # frame embeddings reused from the cache vs computed by this run
 
 
 def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
@@ -67,6 +71,9 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     reused = sum(q.id in existing for i in planned for s in grouped[i] for q in s.queries)
     label = out_dir.name
 
+    if run.torch_threads is not None:
+        # one intra-op pool per op while several streams run at once: 7x slower on 2 cores (text memory job)
+        torch.set_num_threads(run.torch_threads)
     stats = _Stats()
     if todo:
         n_queries = sum(q.id not in existing for _, s in todo for q in s.queries)
@@ -82,7 +89,13 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     summary = summarize(records.values(), benchmark.tasks)
     _write_summary(out_dir, label, config_hash, summary, benchmark.tasks)
     manifest.update(
-        ended=_now(), reused=reused, new=stats.new, model_calls=stats.calls, decode_s=round(stats.decode_s, 3)
+        ended=_now(),
+        reused=reused,
+        new=stats.new,
+        model_calls=stats.calls,
+        note_calls=stats.note_calls,
+        embeddings=vars(stats.embeddings),
+        decode_s=round(stats.decode_s, 3),
     )
     store.write_json(out_dir / "manifest.json", manifest)
     if stats.new == 0:
@@ -96,7 +109,14 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
             stats.errors,
             stats.calls,
         )
-    return JobResult(out_dir, summary, reused, stats.new, stats.calls, stats.decode_s)
+    if stats.embeddings.reused or stats.embeddings.computed:
+        log.info(
+            "%s: frame embeddings: %d reused from the cache, %d computed",
+            label,
+            stats.embeddings.reused,
+            stats.embeddings.computed,
+        )
+    return JobResult(out_dir, summary, reused, stats.new, stats.calls, stats.decode_s, stats.embeddings)
 
 
 @dataclass
@@ -104,7 +124,9 @@ class _Stats:
     new: int = 0
     errors: int = 0
     calls: int = 0
+    note_calls: int = 0
     decode_s: float = 0.0
+    embeddings: CacheCounts = field(default_factory=CacheCounts)
 
 
 async def _play_all(
@@ -121,12 +143,15 @@ async def _play_all(
 ) -> None:
     backend: Backend = BACKENDS.build(job.backend)
     scheduler, router = SCHEDULERS.build(job.scheduler), ROUTERS.build(job.router)
+    encoder, cache = _encoder_and_cache(job, run, router)
     writers = {i: store.ShardWriter(shards_dir / f"{store.shard_stem(i, count)}.jsonl") for i, _ in todo}
     limit = asyncio.Semaphore(run.concurrency)
 
     async def stream(index: int, sample: StreamSample) -> None:
         async with limit:
-            system = StreamSystem(job.system, backend, scheduler, router, MEMORIES.build(job.memory), benchmark)
+            tokens = None if encoder is None else StreamTokens(encoder, cache, _cache_key(cache, sample, job, encoder))
+            memory = MEMORIES.build(job.memory)
+            system = StreamSystem(job.system, backend, scheduler, router, memory, benchmark, tokens)
 
             async def emit(query: Query, outcome: Answer | Exception) -> None:
                 record = _record(config_hash, sample, query, outcome, benchmark)
@@ -143,6 +168,10 @@ async def _play_all(
             finally:
                 reader.close()
                 stats.decode_s += reader.decode_s
+                stats.note_calls += system.notes.n_calls
+                stats.calls += system.notes.n_calls
+                if tokens is not None:
+                    tokens.close()
 
     try:
         await asyncio.gather(*(stream(i, s) for i, s in todo))
@@ -150,6 +179,29 @@ async def _play_all(
         await backend.aclose()
         for writer in writers.values():
             writer.close()
+        if cache is not None:
+            stats.embeddings = cache.counts
+
+
+def _encoder_and_cache(job: Job, run: RunConfig, router: object) -> tuple[Encoder | None, EmbeddingCache | None]:
+    """The encoder only when the router or the memory scores embeddings; the cache unless turned off."""
+    memory_class = MEMORIES.implementation(job.memory.name)
+    if not (getattr(router, "needs_tokens", False) or memory_class.needs_tokens):
+        return None, None
+    encoder = ENCODERS.build(job.encoder)
+    check = getattr(router, "check_encoder", None)
+    if check is not None:
+        check(encoder.identity)
+    return encoder, EmbeddingCache(run.embedding_cache) if run.embedding_cache else None
+
+
+def _cache_key(cache: EmbeddingCache | None, sample: StreamSample, job: Job, encoder: Encoder) -> str | None:
+    if cache is None:
+        return None
+    try:
+        return cache.key(sample.video, job.system.fps, job.system.max_side, encoder.identity)
+    except OSError:  # a missing video: its error records come from the reader
+        return None
 
 
 def _record(
@@ -185,6 +237,10 @@ def _record(
         cost_usd=usage.cost_usd,
         response_time_s=outcome.response_time_s,
         subscores=subscores,
+        memory_frames=outcome.memory.frames,
+        memory_tokens=outcome.memory.tokens,
+        memory_bytes=outcome.memory.bytes,
+        memory_notes=outcome.memory.notes,
     )
 
 

@@ -38,6 +38,6 @@ def test_every_experiment_composes():
     register()
     for path in sorted((CONF / "experiment").glob("*.yaml")):
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment={path.stem}"], return_hydra_config=True)
+            cfg = compose("config", overrides=[f"+experiment={path.stem}"], return_hydra_config=True)
         load_job(cfg)
         assert cfg.hydra.sweeper.params, f"{path.name} declares its sweep axes"

@@ -187,3 +187,29 @@ def test_the_question_asked_last_in_the_prompt_is_the_one_answered(backend):
     frame = Frame(0, 0.0, np.zeros((24, 32, 3), np.uint8))
     prompt = "Earlier: What colour is the star on screen now?\nIs a red object on screen now? Answer yes or no."
     assert ask(backend, [frame], prompt).text == "no"
+
+
+def test_text_notes_stand_in_for_frames_no_longer_shown(bench, videos, backend):
+    """A clue seen only in a note S1 wrote while the object was on screen is still answered."""
+    for sample, frames, q in queries(videos, "clue"):
+        truth = sample.truths[q.id]
+        appear, disappear = truth.evidence_s
+        then = on_screen(frames, (appear + disappear) / 2)
+        note = ask(backend, [then], "Describe what is on screen now in one sentence.").text
+        assert note.endswith("on screen.") and "appeared" not in note
+        now = [on_screen(frames, q.time_s)]
+        context = (f"[{then.time_s:.1f} s] {note}",)
+        reply = asyncio.run(backend.generate(Request(q.time_s, "S2", tuple(now), bench.prompt(q), context=context)))
+        assert bench.parse(q, reply.text) == truth.answer
+
+
+def test_describe_lists_every_coloured_object_or_says_none(backend):
+    canvas = np.full((120, 160, 3), 90, np.uint8)
+    assert ask(backend, [Frame(0, 0.0, canvas)], "Describe what is on screen now.").text == (
+        "No coloured object is on screen."
+    )
+    drawn = canvas.copy()
+    cv2.circle(drawn, (40, 60), 18, (255, 0, 0), -1)
+    cv2.rectangle(drawn, (100, 40), (136, 76), (0, 0, 255), -1)
+    reply = ask(backend, [Frame(0, 0.0, drawn)], "Describe what is on screen now.").text
+    assert "a red circle" in reply.lower() and "a blue square" in reply.lower() and reply.endswith("are on screen.")

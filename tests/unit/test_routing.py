@@ -17,23 +17,23 @@ QUERY = Query(id="q", time_s=10.0, text="What colour is the square on screen now
 def _memory_with(times):
     memory = MEMORIES.build(MEMORIES.parse({"name": "window", "window_s": 5.0}))
     for i, t in enumerate(times):
-        memory.ingest(Frame(i, t, np.zeros((2, 2, 3), np.uint8)))
+        memory.ingest(Frame(i, t, np.zeros((2, 2, 3), np.uint8)), None)
     return memory
 
 
 def test_window_memory_forgets_old_frames_and_never_shows_the_future():
     memory = _memory_with([0.0, 2.0, 4.0, 6.0, 8.0])
-    assert memory.view(8.0).times_s() == (4.0, 6.0, 8.0)
-    assert memory.view(6.5).times_s() == (4.0, 6.0)
+    assert memory.view(8.0, "").times_s() == (4.0, 6.0, 8.0)
+    assert memory.view(6.5, "").times_s() == (4.0, 6.0)
 
 
 def test_recent_takes_the_last_frames_and_uniform_spreads_them():
-    view = _memory_with([float(t) for t in range(5)]).view(4.0)  # window 5 s keeps all 5
+    view = _memory_with([float(t) for t in range(5)]).view(4.0, "")  # window 5 s keeps all 5
     recent = ROUTERS.build(ROUTERS.parse({"name": "recent"}))
     uniform = ROUTERS.build(ROUTERS.parse({"name": "uniform"}))
-    assert recent.select(QUERY, view, 2).indices == (3, 4)
-    assert uniform.select(QUERY, view, 3).indices == (0, 2, 4)
-    assert uniform.select(QUERY, view, 10).indices == (0, 1, 2, 3, 4)
+    assert recent.select(None, view, 2).chosen == (3, 4)
+    assert uniform.select(None, view, 3).chosen == (0, 2, 4)
+    assert uniform.select(None, view, 10).chosen == (0, 1, 2, 3, 4)
 
 
 def test_rule_scheduler_first_match_wins_with_a_reason():
