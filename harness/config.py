@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -15,7 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 import backends
 from harness import benchmarks, encoders, memory, routers, scheduler
+from harness.encoders.checkpoint import checkpoint_digest
 from harness.errors import ConfigError
+from harness.hashing import content_hash
 from harness.registry import Choice, Registry, schema_node
 from harness.system import SystemConfig
 
@@ -80,7 +83,7 @@ class Job:
     def semantic(self) -> dict[str, Any]:
         """The job as plain data (what config.yaml holds and the hash covers)."""
         choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
-        out = {c.kind: _plain(c.config) for c in choices}
+        out = {c.kind: _with_artifacts(_plain(c.config)) for c in choices}
         out["system"] = _plain(self.system)
         return out
 
@@ -120,6 +123,17 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
     if run.concurrency < 1:
         raise ConfigError(f"run.concurrency={run.concurrency}: must be >= 1")
     return Job(system=system, **choices), run, shard  # type: ignore[arg-type]
+
+
+def _with_artifacts(plain: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint file or model folder named by path counts by its content: retraining into the same path
+    changes the job's hash, so its records are never mixed with the old model's."""
+    checkpoint, model_path = plain.get("checkpoint"), plain.get("model_path")
+    if checkpoint and Path(checkpoint).is_file():
+        plain["checkpoint_sha256"] = content_hash(checkpoint)
+    if model_path and (Path(model_path) / "config.json").is_file():
+        plain["model_sha256"] = checkpoint_digest(Path(model_path))
+    return plain
 
 
 def _plain(config: Any) -> dict[str, Any]:

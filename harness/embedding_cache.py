@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from harness.encoders.base import Encoder
+from harness.hashing import content_hash
 from harness.records import Frame
 
 log = logging.getLogger(__name__)
-_CHUNK = 1 << 20
 
 
 @dataclass
@@ -118,19 +118,3 @@ class StreamTokens:
         self._cache.count(reused=len(self._frames) - self._computed, computed=self._computed)
         if self._computed and self._key is not None:
             self._cache.store(self._key, torch.stack(self._frames))
-
-
-_hashes: dict[tuple[str, int, int], str] = {}
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of the file's bytes, remembered per (path, size, mtime) for the process."""
-    stat = os.stat(path)
-    memo = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _hashes:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(_CHUNK):
-                digest.update(chunk)
-        _hashes[memo] = digest.hexdigest()
-    return _hashes[memo]

@@ -38,7 +38,7 @@ from harness.config import load_job, register
 from harness.embedding_cache import EmbeddingCache
 from harness.encoders.base import ENCODERS, Encoder
 from harness.errors import ConfigError, DataError
-from harness.records import StreamSample
+from harness.records import Query, StreamSample
 from harness.routers.cos_sim import fine_scores
 from harness.routers.indexer import LightningIndexer, save_checkpoint
 from harness.video import sample_frames
@@ -86,11 +86,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = train_split_overrides(args.overrides)
         job, run, _ = load_job(_compose(overrides))
         encoder = ENCODERS.build(job.encoder)
-        samples = DATASETS.build(job.dataset).load()
+        benchmark = DATASETS.build(job.dataset)
+        samples = benchmark.load()
         print(f"train_indexer: {len(samples)} videos of dataset={job.dataset.name} ({' '.join(overrides)})")
         cache = EmbeddingCache(run.embedding_cache) if run.embedding_cache else None
         fps, max_side = job.system.fps, job.system.max_side
-        examples = build_examples(samples, encoder, fps, max_side, cache, progress=not args.quiet)
+        examples = build_examples(samples, encoder, benchmark.prompt, fps, max_side, cache, progress=not args.quiet)
         if not examples:
             raise DataError(f"dataset={job.dataset.name}: no query has an evidence frame at or before its time")
     except (ConfigError, DataError, HydraException) as e:
@@ -139,6 +140,7 @@ def train_split_overrides(overrides: Sequence[str]) -> list[str]:
 def build_examples(
     samples: Sequence[StreamSample],
     encoder: Encoder,
+    prompt: Callable[[Query], str],
     fps: float,
     max_side: int,
     cache: EmbeddingCache | None = None,
@@ -147,6 +149,7 @@ def build_examples(
     """Decode and encode each video once at the stream's fps; one example per query with evidence on screen.
 
     Frame tokens come from the sweeps' embedding cache when it holds them (same key: video, fps, size, encoder).
+    The query is encoded from `prompt(query)`, the text the routers score at run time (options included).
     """
     examples: list[Example] = []
     for sample in tqdm(samples, desc="encode videos", unit="video", disable=not progress):
@@ -161,7 +164,7 @@ def build_examples(
             positives = in_intervals(times[:count], truth.evidence_s)
             if not positives.any():
                 continue
-            examples.append(Example(sample.id, query.id, encoder.encode_text(query.text), tokens[:count], positives))
+            examples.append(Example(sample.id, query.id, encoder.encode_text(prompt(query)), tokens[:count], positives))
     return examples
 
 

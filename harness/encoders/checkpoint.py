@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import torch
 
-from harness.embedding_cache import content_hash
 from harness.errors import ConfigError
+from harness.hashing import content_hash
 
 
 class Dtype(str, Enum):

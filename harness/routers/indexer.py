@@ -12,6 +12,7 @@ dataset spec, training stats); the router refuses one that does not fit the job'
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class Indexer:
         check_options(cfg)
         self.cfg = cfg
         self.checkpoint = load_checkpoint(cfg.checkpoint)
+        # the config hash covers the path, not the weights: record this with a job's results
+        self.checkpoint_sha256 = hashlib.sha256(Path(cfg.checkpoint).read_bytes()).hexdigest()
         self.model = LightningIndexer(**self.checkpoint["model"])
         self.model.load_state_dict(self.checkpoint["weights"])
         self.model.eval()

@@ -52,12 +52,12 @@ def choose(scores: torch.Tensor, max_frames: int, cfg: ScoringConfig) -> FrameCh
     """Turn one score per candidate into the router's choice, best first."""
     n = int(scores.shape[0])
     k = max(0, min(cfg.topk, max_frames, n))
-    order = torch.sort(scores, descending=True, stable=True).indices  # ties: the older candidate first
     if cfg.mask is Mask.sample and 0 < k < n:
         drawn = _sample_without_replacement(scores, k, cfg.temperature, _generator(cfg.seed, n))
-        chosen = drawn[torch.sort(scores[drawn], descending=True, stable=True).indices]
+        drawn = torch.sort(drawn).values
+        chosen = drawn[_best_first(scores[drawn])]
     else:
-        chosen = order[:k]
+        chosen = _best_first(scores)[:k]
     picked = [int(i) for i in chosen]
     return FrameChoice(
         chosen=tuple(picked),
@@ -94,6 +94,12 @@ def cosine_tokens(query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         torch.mm(chunk, unit_query_t, out=out[start : start + CHUNK_TOKENS])
         out[start : start + CHUNK_TOKENS] *= inverse_norm[:, None]
     return out.view(n, p, -1)
+
+
+def _best_first(scores: torch.Tensor) -> torch.Tensor:
+    """Indices by descending score; ties go to the later index (in a stream, the more recent candidate)."""
+    n = scores.shape[0]
+    return (n - 1) - torch.sort(scores.flip(0), descending=True, stable=True).indices
 
 
 def _neighbours(chosen: list[int], n: int) -> tuple[int, ...]:

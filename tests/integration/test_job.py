@@ -168,3 +168,13 @@ def test_a_malformed_annotation_fails_at_load_naming_file_item_and_field(data_ro
     broken, *_ = compose_job(copy)
     with pytest.raises(DataError, match=r"all\.json.*time_s"):
         run_job(broken, run, shard, tmp_path / "job")
+
+
+def test_a_retrained_checkpoint_at_the_same_path_changes_the_job_hash(data_root, tmp_path):
+    checkpoint = tmp_path / "indexer.pt"
+    checkpoint.write_bytes(b"weights of the first training")
+    job, *_ = compose_job(data_root, "router=indexer", f"router.checkpoint={checkpoint}")
+    before = job.config_hash()
+    assert job.semantic()["router"]["checkpoint_sha256"]
+    checkpoint.write_bytes(b"weights of a second training, same path")
+    assert job.config_hash() != before

@@ -60,7 +60,7 @@ def test_fine_averages_the_best_patch_over_query_tokens():
     query = torch.stack([unit(0), unit(5)])  # frame 0 matches token 1 fully, frame 2 token 2 fully
     choice = router("cos_sim_fine", topk=3).select(query, view(DETAIL_IN_ONE_PATCH), max_frames=8)
     assert choice.scores == pytest.approx((0.5, 0.3, 0.5))
-    assert choice.chosen == (0, 2, 1)  # ties keep the older candidate first
+    assert choice.chosen == (2, 0, 1)  # a tie goes to the more recent candidate
 
 
 def test_cross_attn_scores_differ_sum_to_one_and_follow_the_temperature():

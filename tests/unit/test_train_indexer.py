@@ -28,6 +28,7 @@ from harness.train_indexer import (
 from harness.video import sample_frames
 
 TINY = ["dataset.videos=2", "dataset.duration_s=30"]
+PROMPT = DATASETS.build(DATASETS.parse({"name": "synthetic"})).prompt  # pure: the text routers score
 
 
 @pytest.fixture
@@ -116,7 +117,7 @@ def tiny_train_split(tmp_path_factory):
 def test_examples_have_every_frame_up_to_the_query_and_the_evidence_frames(tiny_train_split):
     _, samples = tiny_train_split
     encoder = ENCODERS.build(ENCODERS.parse({"name": "patch_color"}))
-    examples = build_examples(samples, encoder, fps=2.0, max_side=320, progress=False)
+    examples = build_examples(samples, encoder, PROMPT, fps=2.0, max_side=320, progress=False)
     assert examples
     by_id = {(s.id, q.id): (s, q) for s in samples for q in s.queries}
     for example in examples:
@@ -126,7 +127,7 @@ def test_examples_have_every_frame_up_to_the_query_and_the_evidence_frames(tiny_
         evidence = sample.truths[query.id].evidence_s
         expected = [any(a <= t <= b for a, b in zip(evidence[::2], evidence[1::2], strict=True)) for t in times]
         assert example.positives.tolist() == expected and any(expected)
-        assert torch.equal(example.query, encoder.encode_text(query.text))
+        assert torch.equal(example.query, encoder.encode_text(PROMPT(query)))  # options included
     first = samples[0]
     frames = list(sample_frames(first.video, 2.0, 320))
     one = next(e for e in examples if e.sample_id == first.id)
@@ -152,10 +153,10 @@ def test_examples_reuse_the_embedding_cache_of_the_sweeps(tiny_train_split, tmp_
     _, samples = tiny_train_split
     cache = EmbeddingCache(tmp_path / "cache")
     first = CountingEncoder(ENCODERS.build(ENCODERS.parse({"name": "patch_color"})))
-    fresh = build_examples(samples[:1], first, 2.0, 320, cache, progress=False)
+    fresh = build_examples(samples[:1], first, PROMPT, 2.0, 320, cache, progress=False)
     assert first.frames == 60  # 30 s at 2 fps, encoded once
     again = CountingEncoder(first.encoder)
-    reused = build_examples(samples[:1], again, 2.0, 320, cache, progress=False)
+    reused = build_examples(samples[:1], again, PROMPT, 2.0, 320, cache, progress=False)
     assert again.frames == 0
     assert all(torch.equal(a.candidates, b.candidates) for a, b in zip(fresh, reused, strict=True))
 
