@@ -117,8 +117,12 @@ def answer(
 
 def detect(pixels: np.ndarray) -> list[Detection]:
     """Coloured shapes in an RGB uint8 frame; unsaturated (grey, white) shapes are ignored."""
-    hsv = cv2.cvtColor(pixels, cv2.COLOR_RGB2HSV)
-    hue, saturation, value = cv2.split(hsv)
+    return [Detection(colour, classify_shape(contour, area), area) for colour, contour, area in coloured_blobs(pixels)]
+
+
+def coloured_blobs(pixels: np.ndarray) -> list[tuple[str, np.ndarray, float]]:
+    """(colour, contour, area) of every saturated blob of an RGB uint8 frame big enough to be an object."""
+    hue, saturation, value = cv2.split(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2HSV))
     vivid = cv2.inRange(saturation, MIN_SATURATION, 255) & cv2.inRange(value, MIN_VALUE, 255)
     if cv2.countNonZero(vivid) == 0:
         return []
@@ -132,7 +136,7 @@ def detect(pixels: np.ndarray) -> list[Detection]:
         for contour in contours:
             area = cv2.contourArea(contour)
             if area >= min_area:
-                found.append(Detection(colour, classify_shape(contour, area), area))
+                found.append((colour, contour, area))
     return found
 
 

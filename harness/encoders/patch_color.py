@@ -31,6 +31,7 @@ from backends.reference import (
     SQUARE_FILL,
     STAR_SOLIDITY,
     classify_shape,
+    coloured_blobs,
 )
 from harness.encoders.base import ENCODERS
 from harness.errors import ConfigError
@@ -98,28 +99,15 @@ def blob_labels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel colour and shape labels (uint8, H x W) of the coloured blobs of an RGB frame.
 
     0 is "no blob"; colour k + 1 is COLOUR_NAMES[k], shape k + 1 is SHAPE_NAMES[k]. Blobs are segmented as
-    `backends.reference.detect` does (saturated pixels by hue class, external contours, blobs smaller than
-    MIN_AREA_FRACTION of the frame dropped as compression noise) and drawn filled.
+    `backends.reference.detect` does (`coloured_blobs`) and drawn filled.
     """
     height, width = pixels.shape[:2]
     colours = np.zeros((height, width), np.uint8)
     shapes = np.zeros((height, width), np.uint8)
-    hue, saturation, value = cv2.split(cv2.cvtColor(np.ascontiguousarray(pixels), cv2.COLOR_RGB2HSV))
-    vivid = cv2.inRange(saturation, MIN_SATURATION, 255) & cv2.inRange(value, MIN_VALUE, 255)
-    if cv2.countNonZero(vivid) == 0:
-        return colours, shapes
-    min_area = MIN_AREA_FRACTION * height * width
-    for colour_label, centre in enumerate(HUES.values(), start=1):
-        distance = cv2.absdiff(hue, np.full_like(hue, centre))
-        distance = cv2.min(distance, 180 - distance)
-        mask = cv2.inRange(distance, 0, HUE_TOLERANCE) & vivid
-        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        for contour in contours:
-            area = cv2.contourArea(contour)
-            if area >= min_area:
-                shape_label = SHAPE_NAMES.index(classify_shape(contour, area)) + 1
-                cv2.drawContours(colours, [contour], -1, colour_label, cv2.FILLED)
-                cv2.drawContours(shapes, [contour], -1, shape_label, cv2.FILLED)
+    for colour, contour, area in coloured_blobs(pixels):
+        shape_label = SHAPE_NAMES.index(classify_shape(contour, area)) + 1
+        cv2.drawContours(colours, [contour], -1, COLOUR_NAMES.index(colour) + 1, cv2.FILLED)
+        cv2.drawContours(shapes, [contour], -1, shape_label, cv2.FILLED)
     return colours, shapes
 
 
