@@ -1,0 +1,43 @@
+"""python -m analysis <command>: tables from stored results.
+
+python -m analysis score --benchmark ovo_bench --predictions results/Gemini/ [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+# benchmark -> module with `score_predictions(path) -> OfficialTable` (official results format in)
+SCORERS = {
+    "ovo_bench": "harness.benchmarks.ovo_bench_scoring",
+    "streamingbench": "harness.benchmarks.streamingbench_scoring",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="official scores of an official results file or folder")
+    score.add_argument("--benchmark", required=True, choices=sorted(SCORERS))
+    score.add_argument("--predictions", required=True, type=Path, help="a results file or folder, official format")
+    score.add_argument("--json", action="store_true", help="one JSON object keyed by task, category and overall")
+    args = parser.parse_args(argv)
+
+    scorer = importlib.import_module(SCORERS[args.benchmark])
+    try:
+        table = scorer.score_predictions(args.predictions)
+    except (OSError, ValueError) as e:
+        print(f"analysis score: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(table.flat(), indent=1) if args.json else "\n".join(table.lines()))
+    for note in table.notes if not args.json else ():
+        print(f"note: {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
