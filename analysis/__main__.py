@@ -16,6 +16,7 @@ SCORERS = {
     "ovo_bench": "harness.benchmarks.ovo_bench_scoring",
     "streamingbench": "harness.benchmarks.streamingbench_scoring",
 }
+MODEL_KEYED = ("streamingbench",)  # its output files key each response by model name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,11 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--benchmark", required=True, choices=sorted(SCORERS))
     score.add_argument("--predictions", required=True, type=Path, help="a results file or folder, official format")
     score.add_argument("--json", action="store_true", help="one JSON object keyed by task, category and overall")
+    score.add_argument("--model", help=f"the model's key in files holding several ({', '.join(MODEL_KEYED)})")
     args = parser.parse_args(argv)
+    if args.model and args.benchmark not in MODEL_KEYED:
+        parser.error(f"--model applies to {', '.join(MODEL_KEYED)} only; {args.benchmark} files hold one model")
 
     scorer = importlib.import_module(SCORERS[args.benchmark])
     try:
-        table = scorer.score_predictions(args.predictions)
+        table = scorer.score_predictions(args.predictions, **({"model": args.model} if args.model else {}))
     except (OSError, ValueError) as e:
         print(f"analysis score: {e}", file=sys.stderr)
         return 2
