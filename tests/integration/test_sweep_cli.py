@@ -108,3 +108,10 @@ def test_config_errors_name_the_key_and_the_choices_before_any_work(tmp_path, ov
     for text in expected:
         assert text in result.stderr, result.stderr
     assert not (tmp_path / "data").exists(), "nothing was generated or run"
+
+
+def test_a_job_level_config_error_is_one_clean_message(tmp_path):
+    result = run_sweep("shard.index=7", f"dataset.root={tmp_path / 'data'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "ConfigError: shard.index=7 with shard.count=4" in result.stderr
+    assert "Traceback" not in result.stderr
