@@ -13,7 +13,7 @@ checkpoints/indexer-<encoder>.pt, where conf/router/indexer.yaml looks), --epoch
 One example per query with evidence: the query's tokens, every stream frame up to the query time
 (the candidates, frames at system.fps), and the frames whose time lies inside an evidence interval
 (the positives; a query with none is skipped). Loss: listwise softmax cross-entropy over the
-candidates against a uniform target over the positives (methods.md B.7, "alternative supervision").
+candidates against a uniform target over the positives (evidence labels as supervision).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ Rules and quirks kept from count.py:
 * Time stamps are the sum of int(part) * 60^k over the ":"-separated parts. So "00:12450" is 12,450 s and
   "00:00:8" is 8 s, as count.py reads the annotations.
 
-count.py prints task accuracies only. The categories and the overall follow benchmarks.md section 2.5.
-Those formulas are inferred from the published tables, and they match every row checked to 0.01:
+count.py prints task accuracies only. The categories and the overall follow formulas inferred from the
+published tables, and they match every row checked to 0.01:
 Real-Time = micro average over its 10 tasks; Omni-Source = mean of ER, SCU, SD and MA; Contextual = micro
 average over ACU, MCU, SQA and PO_content; Overall = micro average over every scored question, with PO_content
 for proactive. The leaderboard site's PO is PO_content; the README figures use the timing-only PO, so the notes

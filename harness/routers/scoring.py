@@ -2,7 +2,7 @@
 
 A scoring router computes one score per memory candidate; `choose` then applies the common
 options (top-k or sampled mask, the frame budget, the ±1 neighbours of the published key-frame
-router, methods.md B.4-B.5). `cosine_tokens` is the batched token-to-token cosine that the
+router, Wencong50714/streaming src/router.py). `cosine_tokens` is the batched token-to-token cosine that the
 similarity routers build on.
 """
 

@@ -72,7 +72,7 @@ def test_cross_attn_scores_differ_sum_to_one_and_follow_the_temperature():
     # warm: 4 exp(0.6 / T) > exp(1 / T) once T > 0.4 / ln 4, so four good patches win
     warm = router("cross_attn", topk=1, attn_temperature=0.5).select(QUERY, view(DETAIL_IN_ONE_PATCH), 8)
     assert warm.chosen == (1,)
-    # the published per-frame softmax (methods.md B.4) gives every frame exactly 1: what this router fixes
+    # the published per-frame softmax (Wencong50714/streaming src/router.py) scores every frame 1: fixed here
     logits = torch.einsum("sd,npd->nps", torch.nn.functional.normalize(QUERY, dim=-1), DETAIL_IN_ONE_PATCH)
     published = torch.softmax(logits / D**0.5, dim=1).mean(dim=-1).sum(dim=1)
     assert torch.allclose(published, torch.ones(3))
