@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from harness.encoders.base import ENCODERS
-from harness.encoders.checkpoint import Dtype, checkpoint_digest, require_model_path, resize_frames, resolve_device
+from harness.encoders.checkpoint import (
+    Dtype,
+    checkpoint_digest,
+    require_model_path,
+    require_model_type,
+    resize_frames,
+    resolve_device,
+)
 from harness.errors import ConfigError
 
 SUPPORTED = ("qwen2_vl", "qwen2_5_vl")  # config.json model_type
@@ -42,15 +49,10 @@ class BackendVision:
     """Merged vision tokens [N, P, D] and prompt input embeddings [S, D] of a Qwen2(.5)-VL model."""
 
     def __init__(self, cfg: BackendVisionConfig) -> None:
-        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText, AutoProcessor
 
         folder = require_model_path("backend_vision", cfg.model_path)
-        model_type = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
-        if model_type not in SUPPORTED:
-            raise ConfigError(
-                f"encoder=backend_vision: {folder} holds a {model_type!r} model; this encoder reads "
-                f"{', '.join(SUPPORTED)} (for CLIP or SigLIP use encoder=clip)"
-            )
+        model_type = require_model_type("backend_vision", folder, SUPPORTED, "for CLIP or SigLIP use encoder=clip")
         if cfg.batch_size < 1:
             raise ConfigError(f"encoder=backend_vision: batch_size={cfg.batch_size}: must be >= 1")
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)

@@ -38,6 +38,19 @@ def require_model_path(encoder: str, model_path: str) -> Path:
     return folder
 
 
+def require_model_type(encoder: str, folder: Path, supported: tuple[str, ...], other: str) -> str:
+    """The checkpoint's model_type, or a ConfigError unless it is one of `supported` (`other`: what to use instead)."""
+    from transformers import AutoConfig
+
+    model_type = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
+    if model_type not in supported:
+        raise ConfigError(
+            f"encoder={encoder}: {folder} holds a {model_type!r} model; this encoder reads {', '.join(supported)} "
+            f"({other})"
+        )
+    return str(model_type)
+
+
 def checkpoint_digest(folder: Path) -> str:
     """sha256 (16 hex) over the files that decide the numbers: weights, config, processor and tokenizer files.
 

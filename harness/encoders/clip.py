@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from harness.encoders.base import ENCODERS
-from harness.encoders.checkpoint import Dtype, checkpoint_digest, require_model_path, resize_frames, resolve_device
+from harness.encoders.checkpoint import (
+    Dtype,
+    checkpoint_digest,
+    require_model_path,
+    require_model_type,
+    resize_frames,
+    resolve_device,
+)
 from harness.errors import ConfigError
 
 SUPPORTED = ("clip", "siglip")  # config.json model_type
@@ -40,15 +47,12 @@ class Clip:
     """Patch tokens [N, (S/patch)^2, D] and text tokens [S, D] of a CLIP or SigLIP model, D = its joint dim."""
 
     def __init__(self, cfg: ClipConfig) -> None:
-        from transformers import AutoConfig, AutoModel, AutoProcessor
+        from transformers import AutoModel, AutoProcessor
 
         folder = require_model_path("clip", cfg.model_path)
-        model_type = AutoConfig.from_pretrained(folder, local_files_only=True).model_type
-        if model_type not in SUPPORTED:
-            raise ConfigError(
-                f"encoder=clip: {folder} holds a {model_type!r} model; this encoder reads {', '.join(SUPPORTED)}"
-                " (for a Qwen2-VL / Qwen2.5-VL checkpoint use encoder=backend_vision)"
-            )
+        model_type = require_model_type(
+            "clip", folder, SUPPORTED, "for a Qwen2-VL / Qwen2.5-VL checkpoint use encoder=backend_vision"
+        )
         if cfg.batch_size < 1:
             raise ConfigError(f"encoder=clip: batch_size={cfg.batch_size}: must be >= 1")
         self.cfg = cfg
