@@ -30,6 +30,9 @@ class Query:
     options: tuple[str, ...] = ()
     follows: str | None = None  # id of the earlier query of the stream this one refers to
     trigger: str | None = None  # proactive: the yes/no question polled until it fires
+    # end of the benchmark's official visible span (e.g. OVO-Bench's ceil(t), capped at the video's
+    # duration); None: the query time. Only `system.span=official` shows frames up to it.
+    clip_end_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ class ResultRecord:
     task: str
     kind: str
     time_s: float  # when the query was asked
+    span_end_s: float | None = None  # frames shown end here when the official span (not time_s) was used
     # the defaults below are what an error record holds: nothing was answered
     route: Route | None = None  # None when the query failed before it was routed
     route_reason: str = ""

@@ -25,14 +25,20 @@ async def play(
     done: Mapping[str, ResultRecord],
     emit: Emit,
     poll_s: float,
+    official_span: bool = False,
 ) -> None:
-    """Run the unrecorded queries of `sample`; recorded ones only restore the system's own answers."""
+    """Run the unrecorded queries of `sample`; recorded ones only restore the system's own answers.
+
+    With `official_span`, a query is answered once the stream reaches its official clip end
+    (`Query.clip_end_s`, e.g. OVO-Bench's ceil(t)) instead of its time: the frames a benchmark's
+    own scripts show. The record says so (`span_end_s`).
+    """
     order = itertools.count()
     events: list[tuple[float, int, str, Query]] = []
     for query in sample.queries:
         record = done.get(query.id)
         if record is None:
-            heapq.heappush(events, (query.time_s, next(order), "ask", query))
+            heapq.heappush(events, (answer_time(query, official_span), next(order), "ask", query))
         elif record.response is not None and query.kind != "proactive":
             system.remember(query, record.response)
 
@@ -64,6 +70,13 @@ async def play(
                 heapq.heappush(events, (round(now_s + poll_s, 6), next(order), "poll", query))
         except Exception as e:  # one query failed; the stream goes on
             await emit(query, e)
+
+
+def answer_time(query: Query, official_span: bool) -> float:
+    """When the stream answers `query`: its time, or its official clip end when that span is asked for."""
+    if official_span and query.clip_end_s is not None:
+        return max(query.time_s, query.clip_end_s)
+    return query.time_s
 
 
 class _Clock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 
 from backends.base import Backend
 from harness.benchmarks.base import Benchmark
@@ -41,11 +42,17 @@ class ProactiveConfig:
     poll_s: float = 1.0  # a proactive query's trigger question is asked this often
 
 
+class Span(str, Enum):
+    query = "query"  # frames up to the query time: the streaming invariant
+    official = "official"  # frames up to the benchmark's official clip end (Query.clip_end_s), as its scripts cut
+
+
 @dataclass(frozen=True)
 class SystemConfig:
     name: str = "default"
     fps: float = 2.0  # stream sampling rate: frames the system receives per second of video
     max_side: int = 320  # frames are resized so that their longer side is at most this
+    span: Span = Span.query  # which frames a query may see (official: the benchmark's own clip end)
     s1: S1Config = field(default_factory=S1Config)
     s2: S2Config = field(default_factory=S2Config)
     proactive: ProactiveConfig = field(default_factory=ProactiveConfig)

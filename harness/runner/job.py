@@ -35,8 +35,8 @@ from harness.routers.base import ROUTERS
 from harness.runner import store
 from harness.runner.plan import by_shard, shards_to_run
 from harness.scheduler import SCHEDULERS
-from harness.simulator import play
-from harness.system import Answer, StreamSystem
+from harness.simulator import answer_time, play
+from harness.system import Answer, Span, StreamSystem
 from harness.video import FrameReader
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ async def _play_all(
     encoder, cache = _encoder_and_cache(job, run, router)
     writers = {i: store.ShardWriter(shards_dir / f"{store.shard_stem(i, count)}.jsonl") for i, _ in todo}
     limit = asyncio.Semaphore(run.concurrency)
+    official = job.system.span == Span.official
 
     async def stream(index: int, sample: StreamSample) -> None:
         async with limit:
@@ -154,7 +155,8 @@ async def _play_all(
             system = StreamSystem(job.system, backend, scheduler, router, memory, benchmark, tokens)
 
             async def emit(query: Query, outcome: Answer | Exception) -> None:
-                record = _record(config_hash, sample, query, outcome, benchmark)
+                span_end_s = answer_time(query, official) if official and query.clip_end_s is not None else None
+                record = _record(config_hash, sample, query, outcome, benchmark, span_end_s)
                 writers[index].append(record)
                 stats.new += 1
                 stats.errors += record.has_error
@@ -164,7 +166,7 @@ async def _play_all(
 
             reader = FrameReader(sample.video, job.system.fps, job.system.max_side)
             try:
-                await play(sample, reader, system, existing, emit, job.system.proactive.poll_s)
+                await play(sample, reader, system, existing, emit, job.system.proactive.poll_s, official)
             finally:
                 reader.close()
                 stats.decode_s += reader.decode_s
@@ -205,7 +207,12 @@ def _cache_key(cache: EmbeddingCache | None, sample: StreamSample, job: Job, enc
 
 
 def _record(
-    config_hash: str, sample: StreamSample, query: Query, outcome: Answer | Exception, benchmark: Benchmark
+    config_hash: str,
+    sample: StreamSample,
+    query: Query,
+    outcome: Answer | Exception,
+    benchmark: Benchmark,
+    span_end_s: float | None = None,
 ) -> ResultRecord:
     common = dict(
         schema=RECORD_SCHEMA,
@@ -215,6 +222,7 @@ def _record(
         task=query.task,
         kind=query.kind,
         time_s=query.time_s,
+        span_end_s=span_end_s,
     )
     if isinstance(outcome, Exception):
         return ResultRecord(**common, error=f"{type(outcome).__name__}: {outcome}")  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,3 +179,29 @@ def test_a_retrained_checkpoint_at_the_same_path_changes_the_job_hash(data_root,
     assert job.semantic()["router"]["checkpoint_sha256"]
     checkpoint.write_bytes(b"weights of a second training, same path")
     assert job.config_hash() != before
+
+
+def test_the_official_span_shows_frames_up_to_the_clip_end_and_the_record_says_so(data_root, tmp_path, monkeypatch):
+    job, run, shard = compose_job(data_root, "+experiment=official", "system.fps=2")
+    samples = DATASETS.build(job.dataset).load()
+    # as OVO-Bench cuts its clips: [0, ceil(t)], capped at the duration
+    clipped = [
+        dataclasses.replace(
+            s,
+            queries=tuple(dataclasses.replace(q, clip_end_s=min(math.ceil(q.time_s), s.duration_s)) for q in s.queries),
+        )
+        for s in samples
+    ]
+    monkeypatch.setattr(type(DATASETS.build(job.dataset)), "load", lambda self: clipped)
+    run_job(job, run, shard, tmp_path / "official")
+    ends = {q.id: q.clip_end_s for s in clipped for q in s.queries}
+    records = [r for r in _records(tmp_path / "official") if r.kind != "proactive"]
+    assert records and all(r.span_end_s == ends[r.query_id] for r in records)
+    assert all(max(r.frame_times_s) <= r.span_end_s for r in records)
+    assert any(max(r.frame_times_s) > r.time_s for r in records)  # the ceil shows frames past t, and says so
+
+    streaming, *_ = compose_job(data_root, "system.fps=2")
+    run_job(streaming, run, shard, tmp_path / "streaming")
+    for record in _records(tmp_path / "streaming"):
+        assert record.span_end_s is None
+        assert not record.frame_times_s or max(record.frame_times_s) <= (record.response_time_s or record.time_s)
