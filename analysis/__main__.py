@@ -1,6 +1,7 @@
 """python -m analysis <command>: tables from stored results.
 
 python -m analysis score --benchmark ovo_bench --predictions results/Gemini/ [--json]
+python -m analysis export --benchmark ovo_bench outputs/<run>/<job>/ -o results/ovo_bench.json
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ SCORERS = {
     "streamingbench": "harness.benchmarks.streamingbench_scoring",
 }
 MODEL_KEYED = ("streamingbench",)  # its output files key each response by model name
+EXPORTERS = ("ovo_bench",)  # benchmarks whose job records `export` writes in the official format
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     score.add_argument("--predictions", required=True, type=Path, help="a results file or folder, official format")
     score.add_argument("--json", action="store_true", help="one JSON object keyed by task, category and overall")
     score.add_argument("--model", help=f"the model's key in files holding several ({', '.join(MODEL_KEYED)})")
+    export = commands.add_parser("export", help="a job folder's records as an official results file")
+    export.add_argument("--benchmark", required=True, choices=sorted(EXPORTERS))
+    export.add_argument("run_dir", type=Path, help="a job folder (config.yaml and shards/*.jsonl)")
+    export.add_argument("-o", "--output", required=True, type=Path, help="the results JSON to write")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export(args)
     if args.model and args.benchmark not in MODEL_KEYED:
         parser.error(f"--model applies to {', '.join(MODEL_KEYED)} only; {args.benchmark} files hold one model")
 
@@ -40,6 +48,21 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(table.flat(), indent=1) if args.json else "\n".join(table.lines()))
     for note in table.notes if not args.json else ():
         print(f"note: {note}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from analysis.export import export
+
+    try:
+        export(args.benchmark, args.run_dir, args.output)
+    except (OSError, ValueError) as e:  # DataError and ConfigError are ValueErrors
+        print(f"analysis export: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {args.output}; score it with: python -m analysis score --benchmark {args.benchmark} "
+        f"--predictions {args.output}"
+    )
     return 0
 
 

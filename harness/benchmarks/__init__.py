@@ -1,5 +1,6 @@
 """Benchmark adapters; importing this package registers them all."""
 
+from harness.benchmarks import ovo_bench  # noqa: F401
 from harness.benchmarks import synthetic  # noqa: F401
 from harness.benchmarks.base import DATASETS, Benchmark
 
