@@ -19,9 +19,11 @@ SMALL_DATA = ["dataset.videos=3", "dataset.duration_s=40"]
 
 
 def compose_job(data_root: Path, *overrides: str) -> tuple[Job, RunConfig, ShardConfig]:
+    """The real config with `data_root`; the small synthetic knobs unless another dataset is chosen."""
     register()
+    small = [] if any(o.startswith("dataset=") for o in overrides) else SMALL_DATA
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset.root={data_root}", *SMALL_DATA, "run.progress=false", *overrides])
+        cfg = compose("config", overrides=[*overrides, f"dataset.root={data_root}", *small, "run.progress=false"])
     return load_job(cfg)
 
 

@@ -1,7 +1,9 @@
 """Benchmark adapters; importing this package registers them all."""
 
-from harness.benchmarks import ovo_bench  # noqa: F401
-from harness.benchmarks import synthetic  # noqa: F401
+from harness.benchmarks import (
+    ovo_bench,  # noqa: F401
+    synthetic,  # noqa: F401
+)
 from harness.benchmarks.base import DATASETS, Benchmark
 
 __all__ = ["DATASETS", "Benchmark"]

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from harness.benchmarks.base import DATASETS
+from harness.benchmarks.fields import Fields, show
 from harness.benchmarks.synthetic_questions import make_queries
 from harness.benchmarks.synthetic_video import COLOURS, SHAPES, Track, lane_centres, plan_tracks, render_video
 from harness.errors import ConfigError, DataError
@@ -154,40 +155,14 @@ def read_annotation(path: Path) -> list[StreamSample]:
         raise DataError(f"{path}: cannot read the annotation: {e}") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
-    top = _Fields(data, f"{path}")
+    top = Fields(data, f"{path}")
     samples = top.get("samples", list)
     return [_read_sample(item, f"{path}, sample {i}", Path(path).parent) for i, item in enumerate(samples)]
 
 
-class _Fields:
-    """Typed access to one JSON object; errors say where and which field."""
-
-    def __init__(self, item: Any, where: str) -> None:
-        if not isinstance(item, dict):
-            raise DataError(f"{where}: must be an object, got {_show(item)}")
-        self.item, self.where = item, where
-
-    def get(self, key: str, kind: type, optional: bool = False) -> Any:
-        if key not in self.item or (optional and self.item[key] is None):
-            if optional:
-                return None
-            raise DataError(f"{self.where}: field {key!r} is missing")
-        value = self.item[key]
-        if kind is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise DataError(f"{self.where}: field {key!r} must be a number, got {_show(value)}")
-            return float(value)
-        if not isinstance(value, kind):
-            raise DataError(f"{self.where}: field {key!r} must be {kind.__name__}, got {_show(value)}")
-        return value
-
-    def fail(self, key: str, problem: str) -> DataError:
-        return DataError(f"{self.where}: field {key!r} {problem}")
-
-
 def _read_sample(item: Any, where: str, folder: Path) -> StreamSample:
-    sample_id = _Fields(item, where).get("id", str)
-    fields = _Fields(item, f"{where} (id {sample_id!r})")
+    sample_id = Fields(item, where).get("id", str)
+    fields = Fields(item, f"{where} (id {sample_id!r})")
     duration = fields.get("duration_s", float)
     video = fields.get("video", str)
     queries: list[Query] = []
@@ -195,7 +170,7 @@ def _read_sample(item: Any, where: str, folder: Path) -> StreamSample:
     for i, raw in enumerate(fields.get("queries", list)):
         query, truth = _read_query(raw, f"{fields.where}, query {i}", duration, queries)
         if query.id in truths:
-            raise _Fields(raw, f"{fields.where}, query {i}").fail("id", f"repeats {query.id!r}")
+            raise Fields(raw, f"{fields.where}, query {i}").fail("id", f"repeats {query.id!r}")
         queries.append(query)
         truths[query.id] = truth
     extras = {k: item[k] for k in ("objects", "distractors", "fps", "width", "height") if k in item}
@@ -203,8 +178,8 @@ def _read_sample(item: Any, where: str, folder: Path) -> StreamSample:
 
 
 def _read_query(raw: Any, where: str, duration: float, earlier: list[Query]) -> tuple[Query, Truth]:
-    query_id = _Fields(raw, where).get("id", str)
-    f = _Fields(raw, f"{where} (id {query_id!r})")
+    query_id = Fields(raw, where).get("id", str)
+    f = Fields(raw, f"{where} (id {query_id!r})")
     time_s, task, kind = f.get("time_s", float), f.get("task", str), f.get("kind", str)
     if not 0.0 <= time_s < duration:
         raise f.fail("time_s", f"must lie in [0, {duration}) (the video), got {time_s}")
@@ -229,19 +204,19 @@ def _read_query(raw: Any, where: str, duration: float, earlier: list[Query]) -> 
         raise f.fail("trigger", "is required for a proactive query")
     evidence = f.get("evidence_s", list, optional=True) or []
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in evidence):
-        raise f.fail("evidence_s", f"must be a list of numbers, got {_show(evidence)}")
+        raise f.fail("evidence_s", f"must be a list of numbers, got {show(evidence)}")
     query = Query(query_id, time_s, f.get("text", str), task, kind, options, follows, trigger)
     return query, Truth(query_id, answer, tuple(float(x) for x in evidence), window)
 
 
-def _pair(f: _Fields, key: str, optional: bool) -> tuple[float, float] | None:
+def _pair(f: Fields, key: str, optional: bool) -> tuple[float, float] | None:
     value = f.get(key, list, optional=optional)
     if value is None:
         return None
     if len(value) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
-        raise f.fail(key, f"must be [start, end] in seconds, got {_show(value)}")
+        raise f.fail(key, f"must be [start, end] in seconds, got {show(value)}")
     if value[0] > value[1]:
-        raise f.fail(key, f"must have start <= end, got {_show(value)}")
+        raise f.fail(key, f"must have start <= end, got {show(value)}")
     return float(value[0]), float(value[1])
 
 
@@ -324,8 +299,3 @@ def _first_word(text: str, words: tuple[str, ...], plural: bool = False) -> str 
 
 def _letter(index: int) -> str:
     return "ABCD"[index]
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."

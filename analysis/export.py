@@ -1,0 +1,53 @@
+"""`python -m analysis export`: a job folder's records as a benchmark's official results file.
+
+Only I/O and dispatch live here; what the official format holds is the adapter's business
+(`to_official_results` in the benchmark's module). The dataset is rebuilt from the job's own
+config.yaml, so relative data paths resolve against the current directory, as they did for the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import yaml
+
+from harness.benchmarks import DATASETS
+from harness.errors import DataError
+from harness.records import ResultRecord
+
+# benchmark -> module with `to_official_results(samples, records) -> dict` (official results format out)
+EXPORTERS = {"ovo_bench": "harness.benchmarks.ovo_bench"}
+
+
+def export(benchmark: str, run_dir: Path, out: Path) -> dict:
+    """Write the official results JSON of the job in `run_dir` to `out`; returns what was written."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise DataError(f"{run_dir}: no config.yaml, not a job folder (outputs/<run.name>/<job>/)")
+    node = (yaml.safe_load(config_path.read_text()) or {}).get("dataset")
+    if not isinstance(node, dict) or node.get("name") != benchmark:
+        name = node.get("name") if isinstance(node, dict) else None
+        raise DataError(f"{config_path}: the job ran dataset {name!r}, not {benchmark!r}")
+    samples = DATASETS.build(DATASETS.parse(node)).load()
+    exporter = importlib.import_module(EXPORTERS[benchmark])
+    results = exporter.to_official_results(samples, read_records(run_dir))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+def read_records(run_dir: Path) -> list[ResultRecord]:
+    """Every complete record of `run_dir/shards/*.jsonl`, read only (a torn last line is skipped, not cut)."""
+    records = []
+    for path in sorted((Path(run_dir) / "shards").glob("*.jsonl")):
+        lines = path.read_text().split("\n")
+        for number, line in enumerate(lines[:-1], start=1):  # the text after the last newline is torn or empty
+            try:
+                records.append(ResultRecord.from_json(line))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise DataError(f"{path}, line {number}: not a result record ({e})") from None
+    return records
