@@ -33,6 +33,11 @@ FORWARD_TASKS = CATEGORIES["Forward"]
 RESULT_LIST = {code: key for key, name in (("backward", "Backward"), ("realtime", "Real-time"), ("forward", "Forward"))
                for code in CATEGORIES[name]}  # fmt: skip
 TEMPLATE_NAMES = ("BR_PROMPT_TEMPLATE", "REC_PROMPT_TEMPLATE", "SSR_PROMPT_TEMPLATE", "CRR_PROMPT_TEMPLATE")
+# the full v2 annotation: items per MCQ task, probes (queries) per REC/SSR/CRR task (benchmarks.md 1.2)
+PUBLISHED_COUNTS = {
+    "EPM": 297, "ASI": 148, "HLD": 186, "OCR": 149, "ACR": 109, "ATR": 116, "STU": 178, "FPD": 101, "OJR": 184,
+    "REC": 698, "SSR": 629, "CRR": 240,
+}  # fmt: skip
 
 # Our own wording, in the structure of the official constant.py (benchmarks.md 1.3 point 4). Placeholders are
 # filled like the official code: positionally (`{}`), or by name where a template names them.
