@@ -87,6 +87,7 @@ class OVOBench:
         if unknown:
             raise ConfigError(f"dataset=ovo_bench: tasks {unknown} unknown; choose from {', '.join(TASKS)}")
         self.cfg = cfg
+        self.tasks = tuple(t for t in TASKS if t in cfg.tasks) if cfg.tasks else TASKS  # the selection, in order
         self.templates = read_templates(Path(cfg.prompts)) if cfg.prompts else dict(OWN_TEMPLATES)
 
     @property

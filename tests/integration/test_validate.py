@@ -74,17 +74,19 @@ def test_clean_folder_validates_in_a_subprocess_with_counts_and_published_warnin
     assert len(warnings) == 12
 
 
-def test_a_task_subset_warns_only_where_counts_differ_and_the_cap_folds_the_rest(clean_root, capsys):
-    code, out, _ = _validate(
-        capsys, "dataset=ovo_bench", f"dataset.root={clean_root}", "dataset.tasks=[CRR]", "--cap=3"
-    )
+def test_a_task_subset_is_compared_only_where_selected_and_the_cap_folds_the_rest(clean_root, capsys):
+    code, out, _ = _validate(capsys, "dataset=ovo_bench", f"dataset.root={clean_root}", "dataset.tasks=[CRR]")
     assert code == 0
     assert out.splitlines()[0] == "dataset=ovo_bench: 1 samples (videos), 5 queries"
+    assert _section(out, "warnings") == ["task CRR: 5 queries, published 240 (-235)"]
+
+    code, out, _ = _validate(capsys, "dataset=ovo_bench", f"dataset.root={clean_root}", "--cap=3")
+    assert code == 0
     assert "warnings: 12" in out and "  ... and 9 more" in out
     assert _section(out, "warnings")[:3] == [
-        "task EPM: 0 queries, published 297 (-297)",
-        "task ASI: 0 queries, published 148 (-148)",
-        "task HLD: 0 queries, published 186 (-186)",
+        "task EPM: 1 queries, published 297 (-296)",
+        "task ASI: 1 queries, published 148 (-147)",
+        "task HLD: 1 queries, published 186 (-185)",
     ]
 
 
