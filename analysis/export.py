@@ -15,7 +15,7 @@ import yaml
 
 from harness.benchmarks import DATASETS
 from harness.errors import DataError
-from harness.records import ResultRecord
+from harness.runner import store
 
 # benchmark -> module with `to_official_results(samples, records) -> dict` (official results format out)
 EXPORTERS = {"ovo_bench": "harness.benchmarks.ovo_bench"}
@@ -33,21 +33,8 @@ def export(benchmark: str, run_dir: Path, out: Path) -> dict:
         raise DataError(f"{config_path}: the job ran dataset {name!r}, not {benchmark!r}")
     samples = DATASETS.build(DATASETS.parse(node)).load()
     exporter = importlib.import_module(EXPORTERS[benchmark])
-    results = exporter.to_official_results(samples, read_records(run_dir))
+    results = exporter.to_official_results(samples, store.read_job(run_dir))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     return results
-
-
-def read_records(run_dir: Path) -> list[ResultRecord]:
-    """Every complete record of `run_dir/shards/*.jsonl`, read only (a torn last line is skipped, not cut)."""
-    records = []
-    for path in sorted((Path(run_dir) / "shards").glob("*.jsonl")):
-        lines = path.read_text().split("\n")
-        for number, line in enumerate(lines[:-1], start=1):  # the text after the last newline is torn or empty
-            try:
-                records.append(ResultRecord.from_json(line))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise DataError(f"{path}, line {number}: not a result record ({e})") from None
-    return records

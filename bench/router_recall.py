@@ -19,7 +19,7 @@ import yaml
 
 from analysis.summary import markdown
 from harness.benchmarks.base import DATASETS
-from harness.records import ResultRecord
+from harness.runner import store
 
 FAMILIES = ("clue", "reasoning")
 
@@ -37,7 +37,7 @@ def job_rows(job_dir: Path, tolerance_s: float) -> dict[str, float | int | str]:
     config = yaml.safe_load((job_dir / "config.yaml").read_text())
     benchmark = DATASETS.build(DATASETS.parse(config["dataset"]))
     truths = {qid: t for s in benchmark.load() for qid, t in s.truths.items()}
-    records = [ResultRecord.from_json(line) for p in sorted(job_dir.glob("shards/*.jsonl")) for line in p.open()]
+    records = store.read_job(job_dir)
     row: dict[str, float | int | str] = {"job": job_dir.name, "router": config["router"]["name"]}
     for family in FAMILIES:
         mine = [r for r in records if r.task == family]

@@ -16,17 +16,26 @@ def shard_stem(index: int, count: int) -> str:
 
 
 def load_records(path: Path) -> list[ResultRecord]:
-    """All complete records of one shard file; repairs a torn last line in place."""
+    """All complete records of one shard file; repairs a torn last line in place (before appending)."""
     if not path.exists():
         return []
     data = path.read_bytes()
     if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
         with path.open("r+b") as f:
-            f.truncate(keep)
-        data = data[:keep]
+            f.truncate(data.rfind(b"\n") + 1)
+    return read_records(path)
+
+
+def read_job(job_dir: Path) -> list[ResultRecord]:
+    """Every complete record of a job folder (all its shard files), read only: for analysis and export."""
+    return [r for path in sorted((Path(job_dir) / "shards").glob("*.jsonl")) for r in read_records(path)]
+
+
+def read_records(path: Path) -> list[ResultRecord]:
+    """All complete records of one shard file, read only: a torn last line (no newline yet) is skipped."""
+    lines = path.read_text(encoding="utf-8").split("\n")
     records = []
-    for number, line in enumerate(data.decode().splitlines(), start=1):
+    for number, line in enumerate(lines[:-1], start=1):  # what follows the last newline is torn or empty
         try:
             records.append(ResultRecord.from_json(line))
         except (json.JSONDecodeError, KeyError, TypeError) as e:

@@ -29,7 +29,7 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _records(out_dir: Path):
-    return [r for p in sorted((out_dir / "shards").glob("*.jsonl")) for r in store.load_records(p)]
+    return store.read_job(out_dir)
 
 
 def _query_count(job) -> int:

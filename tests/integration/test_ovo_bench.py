@@ -13,7 +13,6 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from analysis.__main__ import main as analysis_main
-from analysis.export import read_records
 from backends.base import BACKENDS
 from harness.benchmarks.ovo_bench import OVOBench, OVOBenchConfig, read_templates, to_official_results
 from harness.benchmarks.ovo_bench_scoring import score_predictions
@@ -21,6 +20,7 @@ from harness.config import load_job, register
 from harness.errors import ConfigError, DataError
 from harness.records import Query, Request, Response, Truth
 from harness.registry import Choice
+from harness.runner import store
 from harness.runner.job import run_job
 from tests.fixtures.ovo_bench_data import ITEMS, write_ovo_bench
 from tests.helpers import CONF
@@ -204,7 +204,7 @@ def _job(data_root: Path):
 def test_job_records_score_like_the_official_scorer_of_the_export(data_root, tmp_path, monkeypatch):
     Fixed.requests.clear()
     run_job(*_job(data_root), tmp_path / "job")
-    records = {r.query_id: r for r in read_records(tmp_path / "job")}
+    records = {r.query_id: r for r in store.read_job(tmp_path / "job")}
     assert {qid: r.score for qid, r in records.items()} == EXPECTED
     assert len(Fixed.requests) == len(EXPECTED)  # one stateless call per MCQ item and per probe
     assert all(not request.history for request in Fixed.requests)
@@ -235,7 +235,7 @@ def test_failed_queries_export_as_null_and_score_zero(tmp_path):
     root = write_ovo_bench(tmp_path / "ovo")
     shutil.rmtree(root / "src_videos" / "COIN")  # its queries become error records
     run_job(*_job(root), tmp_path / "job")
-    records = {r.query_id: r for r in read_records(tmp_path / "job")}
+    records = {r.query_id: r for r in store.read_job(tmp_path / "job")}
     failed = {qid for qid, r in records.items() if r.error is not None}
     assert failed == {"4", "5", "6_0", "6_1", "6_2", "7_0", "7_1", "7_2", "7_3", "7_4"}
     samples = OVOBench(OVOBenchConfig(root=str(root))).load()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.records import ResultRecord
+from harness.runner import store
 from tests.helpers import ROOT, SMALL_DATA, run_sweep
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def _args(data_root: Path, *extra: str) -> list[str]:
 
 
 def _records(job_dir: Path) -> list[ResultRecord]:
-    return [ResultRecord.from_json(line) for p in job_dir.glob("shards/*.jsonl") for line in p.read_text().splitlines()]
+    return store.read_job(job_dir)  # read only: the job may be writing a line right now
 
 
 def test_multirun_prints_one_table_and_a_rerun_calls_no_model(data_root, tmp_path):
