@@ -85,8 +85,7 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
         store.write_json(path, {"config_hash": config_hash, "samples": len(grouped[index])})
 
-    records = _existing_records(shards_dir, retry_errors=False)
-    summary = summarize(records.values(), benchmark.tasks)
+    summary = summarize({**existing, **stats.written}.values(), benchmark.tasks)
     _write_summary(out_dir, label, config_hash, summary, benchmark.tasks)
     manifest.update(
         ended=_now(),
@@ -121,6 +120,7 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
 
 @dataclass
 class _Stats:
+    written: dict[str, ResultRecord] = field(default_factory=dict)  # this run's records by query id
     new: int = 0
     errors: int = 0
     calls: int = 0
@@ -158,6 +158,7 @@ async def _play_all(
                 span_end_s = answer_time(query, official) if official and query.clip_end_s is not None else None
                 record = _record(config_hash, sample, query, outcome, benchmark, span_end_s)
                 writers[index].append(record)
+                stats.written[query.id] = record
                 stats.new += 1
                 stats.errors += record.has_error
                 stats.calls += record.n_calls
