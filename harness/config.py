@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from harness import benchmarks, encoders, memory, routers, scheduler
 from harness.encoders.checkpoint import checkpoint_digest
 from harness.errors import ConfigError
 from harness.hashing import content_hash
+from harness.judge import JudgeConfig, is_judged
 from harness.registry import Choice, Registry, schema_node
 from harness.system import SystemConfig
 
@@ -32,6 +34,11 @@ COMPONENTS: dict[str, Registry[Any]] = {
 }
 
 
+class Scoring(str, Enum):
+    official = "official"  # each benchmark's official rules only
+    robust = "robust"  # also a stricter answer parser, shown as separate columns (never in the official number)
+
+
 @dataclass
 class RunConfig:
     """How a job runs. None of it changes an answer, so none of it is in the config hash."""
@@ -42,6 +49,7 @@ class RunConfig:
     retry_errors: bool = False  # re-run queries whose record is an error
     progress: bool = True  # tqdm bar per job
     embedding_cache: str | None = ".cache/embeddings"  # frame embeddings shared across jobs; null: off
+    judge_cache: str | None = ".cache/judgments.sqlite"  # LLM-judge outputs shared across jobs; null: off
     torch_threads: int | None = 1  # CPU threads per torch op; 1: streams already run in parallel; null: default
 
 
@@ -64,6 +72,8 @@ class RootConfig:
     scheduler: Any = MISSING
     encoder: Any = MISSING
     system: Any = MISSING
+    judge: Any = MISSING
+    scoring: Scoring = Scoring.official
     run: RunConfig = field(default_factory=RunConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
 
@@ -79,13 +89,19 @@ class Job:
     scheduler: Choice
     encoder: Choice
     system: SystemConfig
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def semantic(self) -> dict[str, Any]:
         """The job as plain data (what config.yaml holds and the hash covers)."""
         choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
         out = {c.kind: _with_artifacts(_plain(c.config)) for c in choices}
         out["system"] = _plain(self.system)
+        if self.judge.backend is not None:  # only judged benchmarks have one; other jobs keep their hash
+            out["judge"] = {**_plain(self.judge), "backend": _with_artifacts(dict(self.judge.backend))}
         return out
+
+    def judge_backend(self) -> Choice:
+        return backends.BACKENDS.parse(self.judge.backend)
 
     def config_hash(self) -> str:
         canon = json.dumps(self.semantic(), sort_keys=True, separators=(",", ":"))
@@ -97,6 +113,7 @@ def register() -> None:
     store = ConfigStore.instance()
     store.store(name="schema_root", node=RootConfig)
     store.store(group="schema/system", name="default", node=schema_node(SystemConfig))
+    store.store(group="schema/judge", name="default", node=schema_node(JudgeConfig))
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", slug)
 
@@ -111,6 +128,7 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
     choices = {kind: registry.parse(cfg[kind]) for kind, registry in COMPONENTS.items()}
     try:
         system = OmegaConf.to_object(OmegaConf.merge(schema_node(SystemConfig), cfg.system))
+        judge = _judge(cfg.get("judge"), choices["dataset"])
         run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg.run))
         shard = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ShardConfig), cfg.shard))
     except OmegaConfBaseException as e:
@@ -122,7 +140,25 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
         )
     if run.concurrency < 1:
         raise ConfigError(f"run.concurrency={run.concurrency}: must be >= 1")
-    return Job(system=system, **choices), run, shard  # type: ignore[arg-type]
+    return Job(system=system, judge=judge, **choices), run, shard  # type: ignore[arg-type]
+
+
+def _judge(node: DictConfig | None, dataset: Choice) -> JudgeConfig:
+    """The judge of a judged benchmark (required there); no judge for any other benchmark."""
+    if node is None or node.get("backend") is None:
+        if is_judged(benchmarks.DATASETS.implementation(dataset.name)):
+            raise ConfigError(
+                f"dataset={dataset.name} is scored by an LLM judge, and no judge is configured: add "
+                "`judge=llm backend@judge.backend=<backend>` (e.g. openai with judge.backend.base_url= a server of "
+                "the official judge model; see datasets/" + dataset.name + "/README.md)"
+            )
+        return JudgeConfig()
+    if not is_judged(benchmarks.DATASETS.implementation(dataset.name)):
+        return JudgeConfig()  # nothing to judge: the judge must not change the job's hash
+    backend = backends.BACKENDS.parse(node.backend)  # checks the judge backend's node like any backend
+    plain = OmegaConf.to_container(node, resolve=True)
+    plain["backend"] = _plain(backend.config)
+    return JudgeConfig(**plain)  # type: ignore[arg-type]
 
 
 def _with_artifacts(plain: dict[str, Any]) -> dict[str, Any]:

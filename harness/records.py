@@ -33,6 +33,12 @@ class Query:
     # end of the benchmark's official visible span (e.g. OVO-Bench's ceil(t), capped at the video's
     # duration); None: the query time. Only `system.span=official` shows frames up to it.
     clip_end_s: float | None = None
+    # start of the official visible span (StreamingBench: max(0, t - 60), proactive: the instruction time);
+    # None: the stream start. Only `system.span=official` drops the frames before it.
+    clip_start_s: float | None = None
+    # proactive: (first, last) poll time of the official protocol (StreamingBench: s + 1 .. g + 4);
+    # None: poll from the query time until the stream ends
+    poll_window_s: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,7 @@ class Request:
     history: tuple[Turn, ...] = ()
     context: tuple[str, ...] = ()  # text memory shown with the frames, e.g. "[12.0 s] A red circle."
     max_new_tokens: int = 32
+    system: str = ""  # a system instruction, for backends that take one (judges use it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +138,9 @@ class ResultRecord:
     memory_tokens: int = 0
     memory_bytes: int = 0
     memory_notes: int = 0
+    audio: bool = False  # whether the model was given the video's audio (omni-source tasks); frames only if false
+    judge_outputs: Mapping[str, str] = field(default_factory=dict)  # LLM-judged benchmarks: raw judge output per prompt
+    judge_failed: tuple[str, ...] = ()  # judge prompts whose output could not be read (counted, never guessed)
     error: str | None = None
 
     @property
@@ -146,4 +156,5 @@ class ResultRecord:
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}
         data["frame_times_s"] = tuple(data["frame_times_s"])
+        data["judge_failed"] = tuple(data.get("judge_failed", ()))
         return cls(**data)

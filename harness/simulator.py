@@ -1,7 +1,8 @@
 """The stream clock: frame events and query events of one sample, in time order.
 
 A frame is observed before a query asked at the same instant (it is on screen then). Proactive
-queries become poll events every `poll_s` seconds until the trigger fires or the stream ends.
+queries become poll events every `poll_s` seconds until the trigger fires or the stream ends (or
+within the query's official poll window, where it has one).
 Every query ends in exactly one outcome: an `Answer`, or the exception that stopped it.
 """
 
@@ -55,12 +56,14 @@ async def play(
                 decision = system.decide(query, now_s)
                 if query.kind == "proactive":
                     polling[query.id] = (decision, Usage())
-                    heapq.heappush(events, (now_s, next(order), "poll", query))
+                    first = query.poll_window_s[0] if query.poll_window_s is not None else now_s
+                    heapq.heappush(events, (max(now_s, first), next(order), "poll", query))
                 else:
                     await emit(query, await system.ask(query, decision, now_s, Usage()))
                 continue
             decision, usage = polling[query.id]
-            if clock.ended_before(now_s):
+            last = query.poll_window_s[1] if query.poll_window_s is not None else None
+            if clock.ended_before(now_s) or (last is not None and now_s > last + 1e-6):
                 await emit(query, Answer(decision, None, (), usage, system.memory_usage()))  # never fired
             elif await system.poll(query, decision, now_s, usage):
                 answer = await system.ask(query, decision, now_s, usage)

@@ -166,10 +166,14 @@ class StreamSystem:
 
     async def _inputs(self, query: Query, route: Route, now_s: float) -> tuple[tuple[Frame, ...], tuple[str, ...]]:
         """The frames (and text memory) a route shows the model for `query` at now_s."""
-        recent = tuple(f for f in self._recent if f.time_s <= now_s)[-self.cfg.s1.max_frames :]
+        start_s = query.clip_start_s if self.cfg.span == Span.official and query.clip_start_s is not None else None
+        recent = tuple(f for f in self._recent if f.time_s <= now_s and (start_s is None or f.time_s >= start_s - 1e-6))
+        recent = recent[-self.cfg.s1.max_frames :]
         if route == "S1":
             return recent, ()
         view = self._memory.view(now_s, query.text)
+        if start_s is not None:
+            view = view.since(start_s)
         query_tokens = None
         if self._router.needs_tokens and self._tokens is not None:
             # the whole prompt, options included, as the key-frame router design does: "which of these appeared

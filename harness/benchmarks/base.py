@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
 from typing import Protocol
 
 from harness.records import Query, StreamSample, Truth
 from harness.registry import Registry
+
+
+class BadItem(str, Enum):
+    """What a sweep does with items that fail the pre-sweep checks (missing video, time past its end)."""
+
+    fail = "fail"  # stop before any work, listing them
+    skip = "skip"  # leave them out; the job's manifest and summary list what was skipped
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    """Where prompt templates come from: our own wording, or the official strings of a checkout."""
+
+    official_dir: str = ""  # the user's checkout of the benchmark's repository; read as text, never run
 
 
 class Benchmark(Protocol):

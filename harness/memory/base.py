@@ -47,6 +47,15 @@ class MemoryView:
     def times_s(self) -> tuple[float, ...]:
         return tuple(f.time_s for f in self.frames)
 
+    def since(self, start_s: float) -> MemoryView:
+        """The view without candidates and notes before start_s (a benchmark's official span start)."""
+        keep = [i for i, f in enumerate(self.frames) if f.time_s >= start_s - 1e-6]
+        if len(keep) == len(self.frames) and all(n.time_s >= start_s for n in self.notes):
+            return self
+        tokens = None if self.tokens is None else self.tokens[keep]
+        notes = tuple(n for n in self.notes if n.time_s >= start_s)
+        return MemoryView(self.now_s, tuple(self.frames[i] for i in keep), tokens, notes)
+
 
 @dataclass(frozen=True)
 class MemoryUsage:

@@ -29,8 +29,10 @@ from harness.config import Job, RunConfig, ShardConfig
 from harness.embedding_cache import CacheCounts, EmbeddingCache, StreamTokens
 from harness.encoders.base import ENCODERS, Encoder
 from harness.errors import ConfigError
+from harness.judge import Judge, JudgedBenchmark, Verdict, is_judged
 from harness.memory.base import MEMORIES
 from harness.records import RECORD_SCHEMA, Query, ResultRecord, StreamSample
+from harness.response_cache import ResponseCache
 from harness.routers.base import ROUTERS
 from harness.runner import store
 from harness.runner.plan import by_shard, shards_to_run
@@ -93,6 +95,8 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         new=stats.new,
         model_calls=stats.calls,
         note_calls=stats.note_calls,
+        judge_calls=stats.judge_calls,
+        judge_cached=stats.judge_cached,
         embeddings=vars(stats.embeddings),
         decode_s=round(stats.decode_s, 3),
     )
@@ -125,6 +129,8 @@ class _Stats:
     errors: int = 0
     calls: int = 0
     note_calls: int = 0
+    judge_calls: int = 0
+    judge_cached: int = 0
     decode_s: float = 0.0
     embeddings: CacheCounts = field(default_factory=CacheCounts)
 
@@ -144,9 +150,11 @@ async def _play_all(
     backend: Backend = BACKENDS.build(job.backend)
     scheduler, router = SCHEDULERS.build(job.scheduler), ROUTERS.build(job.router)
     encoder, cache = _encoder_and_cache(job, run, router)
+    judge = _judge(job, run) if is_judged(benchmark) else None
     writers = {i: store.ShardWriter(shards_dir / f"{store.shard_stem(i, count)}.jsonl") for i, _ in todo}
     limit = asyncio.Semaphore(run.concurrency)
     official = job.system.span == Span.official
+    audio = bool(getattr(backend, "takes_audio", False))
 
     async def stream(index: int, sample: StreamSample) -> None:
         async with limit:
@@ -156,7 +164,10 @@ async def _play_all(
 
             async def emit(query: Query, outcome: Answer | Exception) -> None:
                 span_end_s = answer_time(query, official) if official and query.clip_end_s is not None else None
-                record = _record(config_hash, sample, query, outcome, benchmark, span_end_s)
+                verdict, outputs = None, {}
+                if judge is not None and not isinstance(outcome, Exception) and outcome.text is not None:
+                    verdict, outputs = await _judged(judge, benchmark, query, sample, outcome.text)  # type: ignore[arg-type]
+                record = _record(config_hash, sample, query, outcome, benchmark, span_end_s, audio, verdict, outputs)
                 writers[index].append(record)
                 stats.written[query.id] = record
                 stats.new += 1
@@ -180,10 +191,26 @@ async def _play_all(
         await asyncio.gather(*(stream(i, s) for i, s in todo))
     finally:
         await backend.aclose()
+        if judge is not None:
+            await judge.aclose()
+            stats.judge_calls, stats.judge_cached = judge.calls, judge.cached
         for writer in writers.values():
             writer.close()
         if cache is not None:
             stats.embeddings = cache.counts
+
+
+def _judge(job: Job, run: RunConfig) -> Judge:
+    cache = ResponseCache(run.judge_cache) if run.judge_cache else None
+    return Judge(job.judge, BACKENDS.build(job.judge_backend()), cache)
+
+
+async def _judged(
+    judge: Judge, benchmark: JudgedBenchmark, query: Query, sample: StreamSample, response: str
+) -> tuple[Verdict, dict[str, str | None]]:
+    truth = sample.truths[query.id]
+    outputs = await judge.outputs(benchmark.judge_prompts(query, truth, response))
+    return benchmark.judge_verdict(query, truth, outputs), outputs
 
 
 def _encoder_and_cache(job: Job, run: RunConfig, router: object) -> tuple[Encoder | None, EmbeddingCache | None]:
@@ -214,6 +241,9 @@ def _record(
     outcome: Answer | Exception,
     benchmark: Benchmark,
     span_end_s: float | None = None,
+    audio: bool = False,
+    verdict: Verdict | None = None,
+    judge_outputs: Mapping[str, str | None] | None = None,
 ) -> ResultRecord:
     common = dict(
         schema=RECORD_SCHEMA,
@@ -228,7 +258,10 @@ def _record(
     if isinstance(outcome, Exception):
         return ResultRecord(**common, error=f"{type(outcome).__name__}: {outcome}")  # type: ignore[arg-type]
     parsed = None if outcome.text is None else benchmark.parse(query, outcome.text)
-    score, subscores = benchmark.score(query, sample.truths[query.id], parsed, outcome.response_time_s)
+    if verdict is not None:
+        score, subscores = verdict.score, dict(verdict.subscores)
+    else:
+        score, subscores = benchmark.score(query, sample.truths[query.id], parsed, outcome.response_time_s)
     usage = outcome.usage
     return ResultRecord(
         **common,  # type: ignore[arg-type]
@@ -250,6 +283,9 @@ def _record(
         memory_tokens=outcome.memory.tokens,
         memory_bytes=outcome.memory.bytes,
         memory_notes=outcome.memory.notes,
+        audio=audio,
+        judge_outputs={k: "" if v is None else v for k, v in (judge_outputs or {}).items()},
+        judge_failed=verdict.failed if verdict is not None else (),
     )
 
 
