@@ -51,6 +51,7 @@ class RunConfig:
     embedding_cache: str | None = ".cache/embeddings"  # frame embeddings shared across jobs; null: off
     judge_cache: str | None = ".cache/judgments.sqlite"  # LLM-judge outputs shared across jobs; null: off
     torch_threads: int | None = 1  # CPU threads per torch op; 1: streams already run in parallel; null: default
+    scoring: Scoring = Scoring.official  # set from the top-level `scoring` key (what the tables show)
 
 
 @dataclass
@@ -130,6 +131,7 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
         system = OmegaConf.to_object(OmegaConf.merge(schema_node(SystemConfig), cfg.system))
         judge = _judge(cfg.get("judge"), choices["dataset"])
         run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg.run))
+        run.scoring = Scoring(cfg.get("scoring", "official"))
         shard = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ShardConfig), cfg.shard))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{e}") from None

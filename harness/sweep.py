@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 LEDGER = ".jobs"  # per-job pointers of the current sweep, under the sweep folder
 
 
-def sweep_table(sweep_dir: Path) -> tuple[str, list[dict[str, Any]]]:
-    """Markdown table and rows for the jobs of the latest sweep in sweep_dir."""
+def sweep_table(sweep_dir: Path, robust: bool = False) -> tuple[str, list[dict[str, Any]]]:
+    """Markdown table and rows for the jobs of the latest sweep in sweep_dir (`robust`: its column too)."""
     ledger = sweep_dir / LEDGER
     entries = [json.loads(p.read_text()) for p in sorted(ledger.glob("job-*.json"), key=_job_number)]
     jobs, tasks = [], []
@@ -44,8 +44,8 @@ def sweep_table(sweep_dir: Path) -> tuple[str, list[dict[str, Any]]]:
             if task not in tasks:
                 tasks.append(task)
         jobs.append({"dir": entry["dir"], "overrides": entry["overrides"], "status": status, "summary": summary})
-    rows = [table_row(j["dir"], _status_cell(j["status"]), j["summary"], tasks) for j in jobs]
-    return markdown(table_headers(tasks), rows), jobs
+    rows = [table_row(j["dir"], _status_cell(j["status"]), j["summary"], tasks, robust) for j in jobs]
+    return markdown(table_headers(tasks, robust), rows), jobs
 
 
 class SweepLedger(Callback):
@@ -94,7 +94,7 @@ class SweepLedger(Callback):
         if not _is_multirun():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
-        table, jobs = sweep_table(sweep_dir)
+        table, jobs = sweep_table(sweep_dir, robust=config.get("scoring") == "robust")
         write_json(sweep_dir / "sweep.json", {"jobs": jobs})
         planned = (_read_json(sweep_dir / LEDGER / "plan.json") or {}).get("jobs")
         ended = [j for j in jobs if j["status"]["status"] in ("completed", "failed")]

@@ -22,7 +22,8 @@ from typing import Any
 
 import av
 
-from harness.benchmarks.base import DATASETS
+from harness.benchmarks import robust
+from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
 from harness.benchmarks.fields import Fields, show
 from harness.benchmarks.ovo_bench_scoring import CATEGORIES, mcq_correct, rec_correct, yes_no_correct
 from harness.errors import ConfigError, DataError
@@ -73,7 +74,8 @@ class OVOBenchConfig:
     annotation: str = "ovo_bench_new.json"  # relative to root
     videos: str = "src_videos"  # relative to root; an item's `video` is a path under it
     tasks: list[str] = field(default_factory=list)  # empty: all 12
-    prompts: str = ""  # the user's copy of the official constant.py; empty: our own templates
+    on_bad_item: BadItem = BadItem.fail  # a missing video or a query past its end: stop, or skip the item
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)  # official_dir: a checkout (its constant.py)
 
 
 @DATASETS.register("ovo_bench", OVOBenchConfig)
@@ -88,7 +90,8 @@ class OVOBench:
             raise ConfigError(f"dataset=ovo_bench: tasks {unknown} unknown; choose from {', '.join(TASKS)}")
         self.cfg = cfg
         self.tasks = tuple(t for t in TASKS if t in cfg.tasks) if cfg.tasks else TASKS  # the selection, in order
-        self.templates = read_templates(Path(cfg.prompts)) if cfg.prompts else dict(OWN_TEMPLATES)
+        official = cfg.prompts.official_dir
+        self.templates = read_templates(Path(official) / "constant.py") if official else dict(OWN_TEMPLATES)
 
     @property
     def annotation_path(self) -> Path:
@@ -130,14 +133,17 @@ class OVOBench:
     def score(
         self, query: Query, truth: Truth, parsed: str | None, response_time_s: float | None
     ) -> tuple[float, dict[str, float]]:
-        """The official per-item rule of the query's task (see ovo_bench_scoring)."""
+        """The official per-item rule of the query's task (see ovo_bench_scoring); `robust`: a stricter reading."""
         if query.kind == "mcq":
             correct = mcq_correct(parsed, truth.answer)
+            strict = robust.letter(parsed, query.options) == truth.answer
         elif query.kind == "count":
             correct = rec_correct(parsed, int(truth.answer))
+            strict = robust.count(parsed) == int(truth.answer)
         else:
             correct = yes_no_correct(parsed, 1 if truth.answer == "Yes" else 0)
-        return float(correct), {}
+            strict = robust.yes_no(parsed) == truth.answer
+        return float(correct), {"robust": float(strict)}
 
     def _sample(self, sample_id: str, video: str, items: list[dict[str, Any]]) -> StreamSample:
         path = Path(self.cfg.root) / self.cfg.videos / video
@@ -187,9 +193,12 @@ def read_templates(path: Path) -> dict[str, str]:
     try:
         tree = ast.parse(path.read_text(), filename=str(path))
     except FileNotFoundError:
-        raise ConfigError(f"dataset.prompts={path}: no such file (the official OVO-Bench constant.py)") from None
+        raise ConfigError(
+            f"dataset.prompts.official_dir: no {path} (the official OVO-Bench constant.py; point official_dir at "
+            "your checkout of JoeLeelyf/OVO-Bench)"
+        ) from None
     except (OSError, SyntaxError, UnicodeDecodeError) as e:
-        raise ConfigError(f"dataset.prompts={path}: cannot read it as Python source: {e}") from None
+        raise ConfigError(f"dataset.prompts.official_dir: cannot read {path} as Python source: {e}") from None
     found: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -200,11 +209,11 @@ def read_templates(path: Path) -> dict[str, str]:
                 except ValueError:
                     value = None
                 if not isinstance(value, str):
-                    raise ConfigError(f"dataset.prompts={path}: {name} must be a string literal")
+                    raise ConfigError(f"dataset.prompts.official_dir: {path}: {name} must be a string literal")
                 found[name] = value  # a later assignment wins, as it would when the module runs
     missing = [name for name in TEMPLATE_NAMES if name not in found]
     if missing:
-        raise ConfigError(f"dataset.prompts={path}: no string constant {', '.join(missing)}")
+        raise ConfigError(f"dataset.prompts.official_dir: {path}: no string constant {', '.join(missing)}")
     return found
 
 
@@ -333,7 +342,7 @@ def _fill(template: str, text: str, options: str | None = None, key: str = "ques
     try:
         return template.format(*positional, **named)
     except (IndexError, KeyError) as e:
-        raise ConfigError(f"dataset.prompts: a template has a placeholder we cannot fill: {e}") from None
+        raise ConfigError(f"dataset.prompts.official_dir: a template has a placeholder we cannot fill: {e}") from None
 
 
 def _integer(f: Fields, key: str) -> int:

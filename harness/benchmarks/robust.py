@@ -21,7 +21,7 @@ def letter(text: str | None, options: tuple[str, ...] | list[str] = (), n: int |
         return None
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[: n or len(options) or 4]
     body = text.strip().strip("*`_ ")
-    lead = re.match(rf"\(?([{letters}])(?:[.:)\]]|\s*$|\s)", body)
+    lead = re.match(rf"\(?([{letters}])(?:[.:)\]]|\s*$|\s*\n)", body)  # not "A dog ..." (an article)
     if lead:
         return lead.group(1)
     said = re.findall(rf"(?:answer|option|choice)\s*(?:is|:)?\s*\(?([{letters}])\b", body, re.IGNORECASE)

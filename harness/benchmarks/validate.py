@@ -8,6 +8,7 @@ query past the end, a malformed annotation); warnings are what may be intended (
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import av
 from tqdm import tqdm
 
-from harness.benchmarks.base import Benchmark
+from harness.benchmarks.base import BadItem, Benchmark
 from harness.errors import DataError
 from harness.records import StreamSample
 
@@ -91,21 +92,64 @@ def check_samples(
     """Every video (once per distinct path), every query time against its video, the counts per task."""
     per_task = count_tasks(samples, tasks)
     report = Report(dataset, len(samples), sum(per_task.values()), per_task, published)
+    problems, report.warnings = find_problems(samples, progress)
+    report.errors = [p.text for p in problems]
+    if published is not None:
+        report.warnings += compare_counts(per_task, published)
+    return report
+
+
+@dataclass(frozen=True)
+class Problem:
+    """An item a run cannot use as it is: a whole sample (its video), or one query of it."""
+
+    sample_id: str
+    query_id: str | None  # None: the sample's video is unusable, so all its queries are
+    text: str
+
+
+def find_problems(samples: Sequence[StreamSample], progress: bool = True) -> tuple[list[Problem], list[str]]:
+    """Problems (missing or undecodable videos, query times outside their video) and warnings (no duration)."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
     videos: dict[str, VideoCheck] = {}
     bar = tqdm(samples, desc="check videos", unit="video", disable=not progress or len(samples) < PROGRESS_FROM)
     for sample in bar:
         video = videos.get(sample.video)
         if video is None:
             video = videos[sample.video] = check_video(sample.video)
-            if video.error:
-                report.errors.append(f"video {video.path} (sample {sample.id}): {video.error}")
-            elif video.duration_s is None:
-                report.warnings.append(f"video {video.path} (sample {sample.id}): no duration; times not checked")
-        if video.duration_s is not None:
-            report.errors += check_times(sample, video.duration_s)
-    if published is not None:
-        report.warnings += compare_counts(per_task, published)
-    return report
+            if video.duration_s is None and not video.error:
+                warnings.append(f"video {video.path} (sample {sample.id}): no duration; times not checked")
+        if video.error:
+            problems.append(Problem(sample.id, None, f"video {video.path} (sample {sample.id}): {video.error}"))
+        elif video.duration_s is not None:
+            problems += check_times(sample, video.duration_s)
+    return problems, warnings
+
+
+def screen(
+    samples: Sequence[StreamSample], policy: BadItem, dataset: str, progress: bool = True
+) -> tuple[list[StreamSample], list[Problem]]:
+    """The pre-sweep check: stop on bad items (policy fail), or run without them (skip) and say which."""
+    problems, _ = find_problems(samples, progress)
+    if not problems:
+        return list(samples), []
+    if policy == BadItem.fail:
+        shown = "\n  ".join(p.text for p in problems[:CAP])
+        more = f"\n  ... and {len(problems) - CAP} more" if len(problems) > CAP else ""
+        raise DataError(
+            f"dataset={dataset}: {len(problems)} bad items, found before any work:\n  {shown}{more}\n"
+            f"Fix the data (`python -m harness.benchmarks validate dataset={dataset}` lists everything), or run "
+            "without them: dataset.on_bad_item=skip (they are listed in the job's manifest.json)"
+        )
+    bad_samples = {p.sample_id for p in problems if p.query_id is None}
+    bad_queries = {p.query_id for p in problems if p.query_id is not None}
+    kept = []
+    for sample in samples:
+        queries = tuple(q for q in sample.queries if q.id not in bad_queries)
+        if sample.id not in bad_samples and queries:
+            kept.append(dataclasses.replace(sample, queries=queries))
+    return kept, problems
 
 
 def check_video(path: str) -> VideoCheck:
@@ -129,16 +173,18 @@ def check_video(path: str) -> VideoCheck:
         return VideoCheck(path, error=f"does not decode: {e}")
 
 
-def check_times(sample: StreamSample, duration_s: float) -> list[str]:
-    """One line per query whose time (or official clip end) lies outside [0, duration]."""
+def check_times(sample: StreamSample, duration_s: float) -> list[Problem]:
+    """One problem per query whose time (or official clip end) lies outside [0, duration]."""
     problems = []
     for query in sample.queries:
         for label, time_s in (("time", query.time_s), ("clip_end_s", query.clip_end_s)):
             if time_s is not None and not 0.0 <= time_s <= duration_s + TOLERANCE_S:
-                problems.append(
+                text = (
                     f"sample {sample.id}, query {query.id}: {label} {time_s:g} s lies outside the video "
                     f"(duration {duration_s:g} s, {sample.video})"
                 )
+                problems.append(Problem(sample.id, query.id, text))
+                break
     return problems
 
 

@@ -24,8 +24,9 @@ from tqdm import tqdm
 
 from analysis.summary import ERROR_POLICY, markdown, summarize, table_headers, table_row
 from backends.base import BACKENDS, Backend
-from harness.benchmarks.base import DATASETS, Benchmark
-from harness.config import Job, RunConfig, ShardConfig
+from harness.benchmarks.base import DATASETS, BadItem, Benchmark
+from harness.benchmarks.validate import screen
+from harness.config import Job, RunConfig, Scoring, ShardConfig
 from harness.embedding_cache import CacheCounts, EmbeddingCache, StreamTokens
 from harness.encoders.base import ENCODERS, Encoder
 from harness.errors import ConfigError
@@ -64,7 +65,8 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     manifest = _manifest(out_dir, config_hash)
 
     benchmark = DATASETS.build(job.dataset)
-    samples = benchmark.load()
+    policy = getattr(job.dataset.config, "on_bad_item", BadItem.fail)
+    samples, skipped = screen(benchmark.load(), policy, job.dataset.name, run.progress)
     shards_dir = out_dir / "shards"
     existing = _existing_records(shards_dir, run.retry_errors)
     planned = shards_to_run(shard.count, shard.index)
@@ -88,7 +90,8 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         store.write_json(path, {"config_hash": config_hash, "samples": len(grouped[index])})
 
     summary = summarize({**existing, **stats.written}.values(), benchmark.tasks)
-    _write_summary(out_dir, label, config_hash, summary, benchmark.tasks)
+    summary["skipped"] = len(skipped)
+    _write_summary(out_dir, label, config_hash, summary, benchmark.tasks, run.scoring == Scoring.robust)
     manifest.update(
         ended=_now(),
         reused=reused,
@@ -99,6 +102,7 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         judge_cached=stats.judge_cached,
         embeddings=vars(stats.embeddings),
         decode_s=round(stats.decode_s, 3),
+        skipped=[{"sample": p.sample_id, "query": p.query_id, "problem": p.text} for p in skipped],
     )
     store.write_json(out_dir / "manifest.json", manifest)
     if stats.new == 0:
@@ -352,10 +356,10 @@ def _git_commit() -> str | None:
 
 
 def _write_summary(
-    out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...]
+    out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...], robust: bool
 ) -> None:
     store.write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
-    table = markdown(table_headers(tasks), [table_row(label, "done", summary, tasks)])
+    table = markdown(table_headers(tasks, robust), [table_row(label, "done", summary, tasks, robust)])
     (out_dir / "summary.md").write_text(f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n")
 
 

@@ -16,6 +16,7 @@ from harness.benchmarks.base import DATASETS
 from harness.errors import ConfigError, DataError
 from harness.records import Query, Request, Response
 from harness.registry import Choice
+from harness.runner import job as job_module
 from harness.runner import store
 from harness.runner.job import run_job
 from tests.helpers import compose_job
@@ -127,11 +128,15 @@ def test_partial_records_resume_with_one_record_per_query(data_root, tmp_path):
     assert {r.query_id: r.parsed for r in resumed} == {r.query_id: r.parsed for r in records}
 
 
-def test_a_missing_video_gives_error_records_and_the_rest_goes_on(data_root, tmp_path, monkeypatch):
+def test_a_video_lost_after_the_check_gives_error_records_and_the_rest_goes_on(data_root, tmp_path, monkeypatch):
     job, run, shard = compose_job(data_root)
     samples = DATASETS.build(job.dataset).load()
     broken = [dataclasses.replace(samples[0], video=str(tmp_path / "gone.mp4")), *samples[1:]]
     monkeypatch.setattr(type(DATASETS.build(job.dataset)), "load", lambda self: broken)
+    with pytest.raises(DataError, match="gone.mp4 .sample syn-000.: missing"):  # the pre-sweep check stops it
+        run_job(job, run, shard, tmp_path / "job")
+    # the file vanishes between the check and the stream (a network drive, a concurrent cleanup)
+    monkeypatch.setattr(job_module, "screen", lambda samples, *args: (list(samples), []))
     result = run_job(job, run, shard, tmp_path / "job")
     records = _records(tmp_path / "job")
     failed = [r for r in records if r.sample_id == samples[0].id]

@@ -14,6 +14,7 @@ from hydra import compose, initialize_config_dir
 
 from analysis.__main__ import main as analysis_main
 from backends.base import BACKENDS
+from harness.benchmarks.base import BadItem, PromptsConfig
 from harness.benchmarks.ovo_bench import OVOBench, OVOBenchConfig, read_templates, to_official_results
 from harness.benchmarks.ovo_bench_scoring import score_predictions
 from harness.config import load_job, register
@@ -129,7 +130,8 @@ def test_own_prompts_follow_the_official_structure(bench):
 
 
 def test_prompts_from_a_constant_py_are_used_verbatim(tmp_path, data_root):
-    constant = tmp_path / "constant.py"
+    constant = tmp_path / "OVO-Bench" / "constant.py"
+    constant.parent.mkdir()
     constant.write_text(
         'import os\nBACKWARD_TASKS = ["EPM"]\nos.system("exit 1")  # never run: read with ast\n'
         'BR_PROMPT_TEMPLATE = """\nQuestion: {}\nOptions:\n{}\n\nRespond with “A”.\n"""\n'
@@ -138,7 +140,7 @@ def test_prompts_from_a_constant_py_are_used_verbatim(tmp_path, data_root):
         "CRR_PROMPT_TEMPLATE = 'Q {question} enough?'\n"  # named placeholders are filled too
     )
     assert read_templates(constant)["REC_PROMPT_TEMPLATE"] == "Count: {}…"
-    bench = OVOBench(OVOBenchConfig(root=str(data_root), prompts=str(constant)))
+    bench = OVOBench(OVOBenchConfig(root=str(data_root), prompts=PromptsConfig(str(constant.parent))))
     queries = _queries(bench)
     assert bench.prompt(queries["4"][0]) == (
         "\nQuestion: Which step comes next?\nOptions:\nA. cut the bread; B. spread the butter; C. wash the knife;"
@@ -166,7 +168,7 @@ def test_prompts_from_a_constant_py_are_used_verbatim(tmp_path, data_root):
 )  # fmt: skip
 def test_score_follows_the_official_quirks(bench, qid, response, score):
     query, truth = _queries(bench)[qid]
-    assert bench.score(query, truth, response, None) == (score, {})
+    assert bench.score(query, truth, response, None)[0] == score
 
 
 @dataclass(frozen=True)
@@ -231,19 +233,33 @@ def test_job_records_score_like_the_official_scorer_of_the_export(data_root, tmp
     assert table.overall == pytest.approx(100 * (2 / 6 + 1 / 2 + (1 / 4 + 2 / 3 + 3 / 5) / 3) / 3)
 
 
-def test_failed_queries_export_as_null_and_score_zero(tmp_path):
+def test_bad_items_stop_the_job_or_are_skipped_and_export_as_null(tmp_path):
     root = write_ovo_bench(tmp_path / "ovo")
-    shutil.rmtree(root / "src_videos" / "COIN")  # its queries become error records
-    run_job(*_job(root), tmp_path / "job")
-    records = {r.query_id: r for r in store.read_job(tmp_path / "job")}
-    failed = {qid for qid, r in records.items() if r.error is not None}
-    assert failed == {"4", "5", "6_0", "6_1", "6_2", "7_0", "7_1", "7_2", "7_3", "7_4"}
+    shutil.rmtree(root / "src_videos" / "COIN")
+    job, run, shard = _job(root)
+    with pytest.raises(DataError, match=r"(?s)COIN/b1.mp4 \(sample COIN_b1.mp4\): missing.*on_bad_item=skip"):
+        run_job(job, run, shard, tmp_path / "job")
+    assert not (tmp_path / "job" / "shards").exists()  # stopped before any work
+    skip = dataclasses.replace(job.dataset.config, on_bad_item=BadItem.skip)
+    run_job(dataclasses.replace(job, dataset=Choice("dataset", "ovo_bench", skip)), run, shard, tmp_path / "job2")
+    manifest = json.loads((tmp_path / "job2" / "manifest.json").read_text())
+    assert [(p["sample"], p["query"]) for p in manifest["skipped"]] == [("COIN_b1.mp4", None)]
+    records = {r.query_id: r for r in store.read_job(tmp_path / "job2")}
+    assert set(records) == {"0", "1", "2_0", "2_1", "2_2", "2_3", "3"}  # the Ego4D video's queries only
+    records["0"] = dataclasses.replace(records["0"], response=None, score=None, error="BackendError: timeout")
     samples = OVOBench(OVOBenchConfig(root=str(root))).load()
     results = to_official_results(samples, records.values())
-    assert [r["response"] for r in results["backward"]] == ["B", "B", None]  # ids 0, 3, 4
+    assert [r["response"] for r in results["backward"]] == [None, "B", None]  # ids 0 (error), 3, 4 (skipped)
     assert [p["response"] for p in results["forward"][2]["test_info"]] == [None] * 5
     unanswered = to_official_results(samples, [])  # no record at all: null too
     assert all(r["response"] is None for r in unanswered["backward"] + unanswered["realtime"])
     path = tmp_path / "ovo.json"
     path.write_text(json.dumps(results))
     assert score_predictions(path).tasks["SSR"] == 0.0 and math.isclose(score_predictions(path).tasks["EPM"], 0.0)
+
+
+def test_robust_subscore_reads_what_the_official_rules_misread(bench):
+    queries = _queries(bench)
+    assert bench.score(*queries["1"], "Answer: B", None) == (1.0, {"robust": 0.0})  # gt A: the "A" of "Answer"
+    assert bench.score(*queries["2_0"], "1 time, then 2 more", None) == (0.0, {"robust": 1.0})  # digits "12"
+    assert bench.score(*queries["6_1"], "no", None) == (0.0, {"robust": 1.0})  # type 0: "No" is case-sensitive
