@@ -119,6 +119,7 @@ class ResultRecord:
     kind: str
     time_s: float  # when the query was asked
     span_end_s: float | None = None  # frames shown end here when the official span (not time_s) was used
+    span_start_s: float | None = None  # ... and start here when the official span has a start (StreamingBench)
     # the defaults below are what an error record holds: nothing was answered
     route: Route | None = None  # None when the query failed before it was routed
     route_reason: str = ""

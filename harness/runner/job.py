@@ -167,11 +167,11 @@ async def _play_all(
             system = StreamSystem(job.system, backend, scheduler, router, memory, benchmark, tokens)
 
             async def emit(query: Query, outcome: Answer | Exception) -> None:
-                span_end_s = answer_time(query, official) if official and query.clip_end_s is not None else None
                 verdict, outputs = None, {}
                 if judge is not None and not isinstance(outcome, Exception) and outcome.text is not None:
                     verdict, outputs = await _judged(judge, benchmark, query, sample, outcome.text)  # type: ignore[arg-type]
-                record = _record(config_hash, sample, query, outcome, benchmark, span_end_s, audio, verdict, outputs)
+                span = _official_span(query) if official else (None, None)
+                record = _record(config_hash, sample, query, outcome, benchmark, span, audio, verdict, outputs)
                 writers[index].append(record)
                 stats.written[query.id] = record
                 stats.new += 1
@@ -202,6 +202,12 @@ async def _play_all(
             writer.close()
         if cache is not None:
             stats.embeddings = cache.counts
+
+
+def _official_span(query: Query) -> tuple[float | None, float | None]:
+    """(start, end) of the frames a query was shown under `system.span=official`, where the benchmark sets them."""
+    end = answer_time(query, official_span=True) if query.clip_end_s is not None else None
+    return query.clip_start_s, end
 
 
 def _judge(job: Job, run: RunConfig) -> Judge:
@@ -244,7 +250,7 @@ def _record(
     query: Query,
     outcome: Answer | Exception,
     benchmark: Benchmark,
-    span_end_s: float | None = None,
+    span: tuple[float | None, float | None] = (None, None),
     audio: bool = False,
     verdict: Verdict | None = None,
     judge_outputs: Mapping[str, str | None] | None = None,
@@ -257,7 +263,8 @@ def _record(
         task=query.task,
         kind=query.kind,
         time_s=query.time_s,
-        span_end_s=span_end_s,
+        span_start_s=span[0],
+        span_end_s=span[1],
     )
     if isinstance(outcome, Exception):
         return ResultRecord(**common, error=f"{type(outcome).__name__}: {outcome}")  # type: ignore[arg-type]
