@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.benchmarks.base import DATASETS
 from harness.benchmarks.validate import CAP, validate
-from harness.config import load_job, register
+from harness.config import register
 from harness.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -30,9 +30,8 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        job, _, _ = load_job(_compose(args.overrides))
-        benchmark = DATASETS.build(job.dataset)
-        report = validate(benchmark, job.dataset.name, progress=not args.quiet)
+        dataset = DATASETS.parse(_compose(args.overrides).dataset)  # the data only: no judge or backend needed
+        report = validate(DATASETS.build(dataset), dataset.name, progress=not args.quiet)
     except (ConfigError, HydraException, OmegaConfBaseException) as e:
         print(f"validate: config problem: {e}", file=sys.stderr)
         return 2
