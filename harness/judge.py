@@ -109,6 +109,6 @@ class Judge:
             log.warning("judge: %s failed (%s: %s)", prompt.key, type(e).__name__, e)
             return None
         self.calls += 1
-        if self._cache is not None and response.finish_reason != "length":  # only complete outputs
+        if self._cache is not None and response.finish_reason == "stop":  # only complete outputs
             self._cache.put(key, {"text": response.text})
         return response.text

@@ -9,8 +9,8 @@ import av
 import numpy as np
 import pytest
 
-# tiny random CLIP / SigLIP / Qwen2.5-VL checkpoints, built offline once per session
-pytest_plugins = ["tests.fixtures.tiny_models"]
+# tiny random CLIP / SigLIP / Qwen2.5-VL checkpoints built offline once per session; a local OpenAI-compatible server
+pytest_plugins = ["tests.fixtures.tiny_models", "tests.fixtures.openai_server"]
 
 BITS = 12
 CELL = 16
