@@ -96,6 +96,7 @@ class Job:
         """The job as plain data (what config.yaml holds and the hash covers)."""
         choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
         out = {c.kind: _with_artifacts(_plain(c.config)) for c in choices}
+        out["dataset"].pop("on_bad_item", None)  # which items run, never what they answer: same folder, same hash
         out["system"] = _plain(self.system)
         if self.judge.backend is not None:  # only judged benchmarks have one; other jobs keep their hash
             out["judge"] = {**_plain(self.judge), "backend": _with_artifacts(dict(self.judge.backend))}

@@ -13,7 +13,8 @@ import av
 import pytest
 from omegaconf import OmegaConf
 
-from harness.benchmarks.synthetic import TASKS, Synthetic, SyntheticConfig, read_annotation
+from harness.benchmarks.dualstream_format import read_folder
+from harness.benchmarks.synthetic import TASKS, Synthetic, SyntheticConfig
 from harness.errors import ConfigError, DataError
 from harness.records import Query, Truth
 
@@ -54,13 +55,15 @@ def test_data_folder_is_named_by_knobs_not_by_name_or_root(bench):
     assert Synthetic(replace(bench.cfg, distractors=0)).data_dir.name != bench.data_dir.name
 
 
-def test_layout_holds_annotation_task_sets_and_videos(bench, samples):
+def test_layout_holds_annotation_shards_task_sets_and_videos(bench, samples):
     folder = bench.data_dir
     annotation = json.loads((folder / "all.json").read_text())
     assert annotation["benchmark"] == "synthetic" and annotation["spec"] == bench.spec
+    assert json.loads((folder / "shards" / "shard-0000.json").read_text()) == annotation  # 2 samples: one shard
+    assert sorted(p.name for p in (folder / "shards").iterdir()) == ["shard-0000.json"]
     for task in TASKS:
         grouped = json.loads((folder / "task_sets" / f"{task}.json").read_text())["samples"]
-        assert sum(len(qs) for qs in grouped.values()) == sum(q.task == task for s in samples for q in s.queries)
+        assert grouped == {s.id: [q.id for q in s.queries if q.task == task] for s in samples}
     assert sorted(p.name for p in (folder / "videos").iterdir()) == ["syn-000.mp4", "syn-001.mp4"]
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "staging folder left behind"
 
@@ -158,7 +161,7 @@ def test_malformed_query_names_file_sample_and_field(bench, tmp_path, edit, fiel
     path = tmp_path / "all.json"
     path.write_text(json.dumps(annotation))
     with pytest.raises(DataError) as raised:
-        read_annotation(path)
+        read_folder(tmp_path)
     message = str(raised.value)
     assert str(path) in message and "sample 1 (id 'syn-001')" in message and f"query {index} (id " in message
     assert field in message
@@ -168,18 +171,18 @@ def test_unreadable_annotation_is_a_data_error(tmp_path):
     path = tmp_path / "all.json"
     path.write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        read_annotation(path)
-    with pytest.raises(DataError, match="not found"):
-        read_annotation(tmp_path / "missing.json")
-    path.write_text(json.dumps({"samples": [{"id": "s", "video": "v.mp4", "queries": []}]}))
+        read_folder(tmp_path)
+    with pytest.raises(DataError, match="neither all.json nor shards"):
+        read_folder(tmp_path / "missing")
+    path.write_text(json.dumps({"benchmark": "b", "version": 1, "samples": [{"id": "s", "video": "v.mp4"}]}))
     with pytest.raises(DataError, match=r"sample 0 \(id 's'\): field 'duration_s' is missing"):
-        read_annotation(path)
+        read_folder(tmp_path)
 
 
 def test_missing_video_is_not_checked_at_load(bench, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(bench.data_dir, copy, ignore=shutil.ignore_patterns("*.mp4"))
-    loaded = read_annotation(copy / "all.json")
+    loaded = read_folder(copy)
     assert loaded[0].video.endswith("videos/syn-000.mp4") and not Path(loaded[0].video).exists()
 
 
