@@ -17,7 +17,7 @@ from backends.base import BACKENDS
 from harness.benchmarks.base import BadItem, PromptsConfig
 from harness.benchmarks.ovo_bench import OVOBench, OVOBenchConfig, read_templates, to_official_results
 from harness.benchmarks.ovo_bench_scoring import score_predictions
-from harness.config import load_job, register
+from harness.config import Scoring, load_job, register
 from harness.errors import ConfigError, DataError
 from harness.records import Query, Request, Response, Truth
 from harness.registry import Choice
@@ -205,9 +205,14 @@ def _job(data_root: Path):
 
 def test_job_records_score_like_the_official_scorer_of_the_export(data_root, tmp_path, monkeypatch):
     Fixed.requests.clear()
-    run_job(*_job(data_root), tmp_path / "job")
+    job, run, shard = _job(data_root)
+    result = run_job(job, dataclasses.replace(run, scoring=Scoring.robust), shard, tmp_path / "job")
     records = {r.query_id: r for r in store.read_job(tmp_path / "job")}
     assert {qid: r.score for qid, r in records.items()} == EXPECTED
+    # scoring=robust: the stricter parser beside the official number, in its own column
+    assert {qid: r.subscores["robust"] for qid, r in records.items()} == EXPECTED  # "B", "3", "Yes" read alike
+    assert result.summary["overall_robust"] == pytest.approx(result.summary["overall"])
+    assert "| overall robust |" in (tmp_path / "job" / "summary.md").read_text().replace("  ", "")
     assert len(Fixed.requests) == len(EXPECTED)  # one stateless call per MCQ item and per probe
     assert all(not request.history for request in Fixed.requests)
     ends = {q.id: q.clip_end_s for q, _ in _queries(OVOBench(OVOBenchConfig(root=str(data_root)))).values()}
