@@ -18,7 +18,7 @@ SCORERS = {
     "streamingbench": "harness.benchmarks.streamingbench_scoring",
 }
 MODEL_KEYED = ("streamingbench",)  # its output files key each response by model name
-EXPORTERS = ("ovo_bench",)  # benchmarks whose job records `export` writes in the official format
+EXPORTERS = ("ovo_bench", "streamingbench")  # benchmarks whose job records `export` writes in the official format
 
 
 def main(argv: list[str] | None = None) -> int:

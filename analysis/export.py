@@ -18,7 +18,10 @@ from harness.errors import DataError
 from harness.runner import store
 
 # benchmark -> module with `to_official_results(samples, records) -> dict` (official results format out)
-EXPORTERS = {"ovo_bench": "harness.benchmarks.ovo_bench"}
+EXPORTERS = {
+    "ovo_bench": "harness.benchmarks.ovo_bench",
+    "streamingbench": "harness.benchmarks.streamingbench",
+}
 
 
 def export(benchmark: str, run_dir: Path, out: Path) -> dict:

@@ -4,7 +4,8 @@
 The input is what the official inference (`src/eval.py`) writes: the question JSON, with each question's
 response stored under the model's name (`"MiniCPM-V": "B"`; proactive: `{"answered": .., "dialog_history": [..]}`).
 count.py is given that name as `--model`. Here it is the one question key that is not an annotation field,
-or `model=`.
+or `model=`. A file may also hold an object keyed by part (`real`, `omni`, `sqa`, `proactive`), each value one
+official output file: what `python -m analysis export --benchmark streamingbench` writes.
 
 Rules and quirks kept from count.py:
 * Multiple choice (real-time, omni-source, ACU, MCU, SQA): correct iff the first character of the raw
@@ -65,6 +66,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "Contextual": ("ACU", "MCU", "SQA", "PO_content"),
 }
 PROACTIVE_TOLERANCE_S = 2.0
+PARTS = ("real", "omni", "sqa", "proactive")  # the official question files (questions_<part>.json)
 # keys a question carries in the official JSONs (stream files add `time`, `audio_path`; stream runs `results`)
 ANNOTATION_FIELDS = frozenset(
     {
@@ -141,9 +143,13 @@ def _load(path: Path) -> Iterator[tuple[str, Any]]:
         raise ValueError(f"{path}: no *.json output files in this folder")
     for file in files:
         try:
-            yield str(file), json.loads(file.read_text())
+            data = json.loads(file.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{file}: not JSON ({e})") from None
+        if isinstance(data, dict) and data and set(data) <= set(PARTS):  # an export: one output file per part
+            yield from ((f"{file} [{part}]", value) for part, value in data.items())
+        else:
+            yield str(file), data
 
 
 def _questions(files: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -151,7 +157,10 @@ def _questions(files: Iterator[tuple[str, Any]]) -> Iterator[tuple[str, dict[str
     seen: dict[tuple[Any, ...], str] = {}
     for file, data in files:
         if not isinstance(data, list):
-            raise ValueError(f"{file}: top level: expected a list of entries, got {type(data).__name__}")
+            raise ValueError(
+                f"{file}: top level: expected a list of entries (or an export keyed by {', '.join(PARTS)}), "
+                f"got {type(data).__name__}"
+            )
         nested = bool(data) and isinstance(data[0], list)
         groups = [(f"video {v}, ", group) for v, group in enumerate(data)] if nested else [("", data)]
         for prefix, entries in groups:
