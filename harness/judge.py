@@ -3,9 +3,9 @@
 A judged benchmark (StreamBench, CogStream) turns (query, truth, response) into judge prompts and reads the
 judge's raw outputs back into a `Verdict`. The `Judge` sends each prompt as a text-only request (no frames)
 to the job's judge backend (`judge=llm backend@judge.backend=<backend>`), and caches every complete output
-(finish reason "stop") by (judge config, prompt) in a response cache, so a repeated or resumed sweep never pays twice for a
-judgment. A call that fails or an output the benchmark cannot read is a failed judgment: kept raw in the
-record, counted in the summary, never replaced by a guess.
+(finish reason "stop") by (judge config, prompt) in a response cache, so a repeated or resumed sweep never
+pays twice for a judgment. A call that fails or an output the benchmark cannot read is a failed judgment:
+kept raw in the record, counted in the summary, never replaced by a guess.
 """
 
 from __future__ import annotations
