@@ -25,7 +25,7 @@ from typing import Any
 from harness.benchmarks import cogstream_scoring as scoring
 from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
 from harness.benchmarks.cogstream_stream import BrokenSegment, BuiltStream, built_stream
-from harness.benchmarks.fields import Fields, show
+from harness.benchmarks.fields import Fields, read_json, show
 from harness.errors import ConfigError, DataError
 from harness.judge import JudgePrompt, Verdict
 from harness.records import Query, StreamSample, Truth
@@ -279,14 +279,7 @@ def _related(qas: tuple[_QA, ...], qa: _QA) -> tuple[tuple[str, str], ...]:
 
 
 def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: not found ({what}); see datasets/cogstream/README.md") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read it: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    return read_json(path, f"not found ({what}); see datasets/cogstream/README.md")
 
 
 def _segment_number(path: Path) -> int:

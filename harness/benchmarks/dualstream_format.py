@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from harness.benchmarks.fields import Fields, show
+from harness.benchmarks.fields import Fields, read_json, show
 from harness.benchmarks.synthetic_video import SHAPES
 from harness.errors import ConfigError, DataError
 from harness.records import Query, StreamSample, Truth
@@ -256,14 +256,7 @@ def _check_query_ids(samples: Iterable[StreamSample], source: str) -> None:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found; see {README}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read it: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    return read_json(path, f"file not found; see {README}")
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.benchmarks.fields import parse_official_source
 from harness.errors import ConfigError
 
 
@@ -105,15 +106,7 @@ def read_assignments(path: Path, system_var: str, user_var: str, fields: Sequenc
 
 
 def _parse(path: Path) -> ast.Module:
-    try:
-        return ast.parse(path.read_text(), filename=str(path))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"dataset.prompts.official_dir: no {path} (point official_dir at your checkout of the official "
-            "repository, or leave it empty for our own wording)"
-        ) from None
-    except (OSError, SyntaxError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"dataset.prompts.official_dir: cannot read {path} as Python source: {e}") from None
+    return parse_official_source(path, "the benchmark's official repository")
 
 
 def _piece(node: ast.expr, fields: Sequence[str], path: Path, optional: bool = False) -> Piece:

@@ -12,7 +12,6 @@ official scorer can re-score them. Nothing is downloaded: the annotation and vid
 from __future__ import annotations
 
 import ast
-import json
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -24,7 +23,7 @@ import av
 
 from harness.benchmarks import robust
 from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
-from harness.benchmarks.fields import Fields, show
+from harness.benchmarks.fields import Fields, parse_official_source, read_json, show
 from harness.benchmarks.ovo_bench_scoring import CATEGORIES, mcq_correct, rec_correct, yes_no_correct
 from harness.errors import ConfigError, DataError
 from harness.records import Query, ResultRecord, StreamSample, Truth
@@ -190,15 +189,7 @@ def to_official_results(samples: Iterable[StreamSample], records: Iterable[Resul
 
 def read_templates(path: Path) -> dict[str, str]:
     """The four prompt constants of an official constant.py, read with `ast` (the file is never run)."""
-    try:
-        tree = ast.parse(path.read_text(), filename=str(path))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"dataset.prompts.official_dir: no {path} (the official OVO-Bench constant.py; point official_dir at "
-            "your checkout of JoeLeelyf/OVO-Bench)"
-        ) from None
-    except (OSError, SyntaxError, UnicodeDecodeError) as e:
-        raise ConfigError(f"dataset.prompts.official_dir: cannot read {path} as Python source: {e}") from None
+    tree = parse_official_source(path, "JoeLeelyf/OVO-Bench (its constant.py)")
     found: dict[str, str] = {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
@@ -219,18 +210,12 @@ def read_templates(path: Path) -> dict[str, str]:
 
 def read_items(path: Path) -> list[dict[str, Any]]:
     """Every item of the annotation, each field checked; DataError names file, index, id and field."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: annotation file not found. Expected the official data/ovo_bench_new.json there and the "
-            "videos under src_videos/ beside it (or set dataset.root / dataset.annotation / dataset.videos); "
-            "see datasets/ovo_bench/README.md"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the annotation: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    data = read_json(
+        path,
+        "annotation file not found. Expected the official data/ovo_bench_new.json there and the videos under "
+        "src_videos/ beside it (or set dataset.root / dataset.annotation / dataset.videos); see "
+        "datasets/ovo_bench/README.md",
+    )
     if not isinstance(data, list):
         raise DataError(f"{path}: must be a list of items (the official format), got {show(data)}")
     items, seen = [], set()

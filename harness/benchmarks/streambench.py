@@ -16,7 +16,6 @@ is a failed judgment (listed, never guessed). `official_table` aggregates as `ca
 from __future__ import annotations
 
 import ast
-import json
 import logging
 import math
 import re
@@ -27,7 +26,7 @@ from statistics import fmean
 from typing import Any
 
 from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
-from harness.benchmarks.fields import Fields, show
+from harness.benchmarks.fields import Fields, read_json, show
 from harness.benchmarks.judge_prompts import JudgeTemplate, Piece, read_messages
 from harness.benchmarks.official import OfficialTable
 from harness.benchmarks.validate import check_video
@@ -235,18 +234,12 @@ def official_table(records: Iterable[ResultRecord]) -> OfficialTable:
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
     """Every entry of the annotation, each field checked; DataError names file, entry and field."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: annotation file not found. Expected streaming_bench_v0.3.json there and the videos under "
-            "<class_1>/ folders beside it (or set dataset.root / dataset.annotation / dataset.videos); see "
-            "datasets/streambench/README.md"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the annotation: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    data = read_json(
+        path,
+        "annotation file not found. Expected streaming_bench_v0.3.json there and the videos under <class_1>/ "
+        "folders beside it (or set dataset.root / dataset.annotation / dataset.videos); see "
+        "datasets/streambench/README.md",
+    )
     if not isinstance(data, list):
         raise DataError(f"{path}: must be a list of video entries (the official format), got {show(data)}")
     return [_read_entry(raw, f"{path}, entry {index}") for index, raw in enumerate(data)]

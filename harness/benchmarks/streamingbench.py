@@ -12,7 +12,6 @@ downloaded: the question files and videos are the user's copies (datasets/stream
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ from typing import Any
 
 from harness.benchmarks import robust
 from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
-from harness.benchmarks.fields import Fields, show
+from harness.benchmarks.fields import Fields, read_json, show
 from harness.benchmarks.streamingbench_prompts import OWN_TEMPLATES, fields, fill, read_templates
 from harness.benchmarks.streamingbench_scoring import (
     CATEGORIES,
@@ -295,18 +294,12 @@ def _seconds(value: float) -> float | int:
 def read_part(path: Path, part: str) -> list[tuple[tuple[int, ...], dict[str, Any]]]:
     """(key, entry) of every entry of one question file, each field checked; key = (entry,) or, for SQA,
     (video, entry). DataError names the file, the entry, the question and the field."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{path}: question file not found. Expected the official src/data/questions_*.json files there, with "
-            "the videos in videos/ beside them (or set dataset.root / dataset.annotations.* / dataset.videos, or "
-            "dataset.parts to run fewer parts); see datasets/streamingbench/README.md"
-        ) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the question file: {e}") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+    data = read_json(
+        path,
+        "question file not found. Expected the official src/data/questions_*.json files there, with the videos "
+        "in videos/ beside them (or set dataset.root / dataset.annotations.* / dataset.videos, or dataset.parts "
+        "to run fewer parts); see datasets/streamingbench/README.md",
+    )
     if not isinstance(data, list):
         raise DataError(f"{path}: must be a list of entries (the official format), got {show(data)}")
     if part != "sqa":

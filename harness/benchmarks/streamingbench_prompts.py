@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.benchmarks.fields import parse_official_source
 from harness.errors import ConfigError
 
 
@@ -99,15 +100,7 @@ def check_templates(templates: Templates, where: Path | str) -> None:
 
 
 def _parse(path: Path) -> tuple[ast.Module, Path]:
-    try:
-        return ast.parse(path.read_text(), filename=str(path)), path
-    except FileNotFoundError:
-        raise ConfigError(
-            f"dataset.prompts.official_dir: no {path} (the official StreamingBench code; point official_dir at "
-            "your checkout of THUNLP-MT/StreamingBench)"
-        ) from None
-    except (OSError, SyntaxError, UnicodeDecodeError) as e:
-        raise ConfigError(f"dataset.prompts.official_dir: cannot read {path} as Python source: {e}") from None
+    return parse_official_source(path, "THUNLP-MT/StreamingBench"), path
 
 
 def _constant(tree: ast.Module, path: Path, name: str) -> str:

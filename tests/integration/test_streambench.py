@@ -143,7 +143,7 @@ def test_judge_prompt_from_a_checkout_is_used_verbatim(tmp_path, data_root):
     (tmp_path / "eval_video_qa_with_llama3_ours.py").write_text(OFFICIAL.replace("{answer}", "{pred['label']}"))
     with pytest.raises(ConfigError, match=r"the f-string field \{pred\['label'\]\} is not one we can fill"):
         StreamBench(StreamBenchConfig(prompts=PromptsConfig(str(tmp_path))))
-    with pytest.raises(ConfigError, match=r"no .*eval_video_qa_with_llama3_ours\.py \(point official_dir"):
+    with pytest.raises(ConfigError, match=r"no .*eval_video_qa_with_llama3_ours\.py; point official_dir"):
         StreamBench(StreamBenchConfig(prompts=PromptsConfig(str(tmp_path / "nowhere"))))
 
 
