@@ -50,4 +50,14 @@ class Benchmark(Protocol):
         ...
 
 
+class RawTextAnswers:
+    """For a benchmark without proactive queries whose official rules (or judge) read the raw response."""
+
+    def fired(self, text: str) -> bool:
+        return False
+
+    def parse(self, query: Query, text: str) -> str | None:
+        return text
+
+
 DATASETS: Registry[Benchmark] = Registry("dataset")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.benchmarks import cogstream_scoring as scoring
-from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
+from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig, RawTextAnswers
 from harness.benchmarks.cogstream_stream import BrokenSegment, BuiltStream, built_stream
 from harness.benchmarks.fields import Fields, read_json, show
 from harness.errors import ConfigError, DataError
@@ -76,7 +76,7 @@ class _Plan:
 
 
 @DATASETS.register("cogstream", CogStreamConfig)
-class CogStream:
+class CogStream(RawTextAnswers):
     """Adapter of the CogStream test set: one dialogue per video over its concatenated event segments."""
 
     judged = True
@@ -129,14 +129,6 @@ class CogStream:
     def prompt(self, query: Query) -> str:
         """The bare question, as the official user turn is."""
         return query.text
-
-    def fired(self, text: str) -> bool:
-        """CogStream has no proactive task."""
-        return False
-
-    def parse(self, query: Query, text: str) -> str | None:
-        """The raw answer: the judge reads it as written."""
-        return text
 
     def score(
         self, query: Query, truth: Truth, parsed: str | None, response_time_s: float | None

@@ -22,7 +22,7 @@ from typing import Any
 import av
 
 from harness.benchmarks import robust
-from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
+from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig, RawTextAnswers
 from harness.benchmarks.fields import Fields, parse_official_source, read_json, show
 from harness.benchmarks.ovo_bench_scoring import CATEGORIES, mcq_correct, rec_correct, yes_no_correct
 from harness.errors import ConfigError, DataError
@@ -78,7 +78,7 @@ class OVOBenchConfig:
 
 
 @DATASETS.register("ovo_bench", OVOBenchConfig)
-class OVOBench:
+class OVOBench(RawTextAnswers):
     """Adapter of OVO-Bench v2: official annotation, prompts, visible span and per-item scoring."""
 
     tasks = TASKS
@@ -120,14 +120,6 @@ class OVOBench:
             return _fill(self.templates["BR_PROMPT_TEMPLATE"], query.text, options=options)
         template = self.templates[f"{query.task}_PROMPT_TEMPLATE"]
         return _fill(template, query.text, key="step" if query.task == "SSR" else "question")
-
-    def fired(self, text: str) -> bool:
-        """OVO-Bench has no proactive task."""
-        return False
-
-    def parse(self, query: Query, text: str) -> str | None:
-        """The raw response: the official rules score the raw text."""
-        return text
 
     def score(
         self, query: Query, truth: Truth, parsed: str | None, response_time_s: float | None

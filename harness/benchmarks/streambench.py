@@ -25,7 +25,7 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
-from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig
+from harness.benchmarks.base import DATASETS, BadItem, PromptsConfig, RawTextAnswers
 from harness.benchmarks.fields import Fields, read_json, show
 from harness.benchmarks.judge_prompts import JudgeTemplate, Piece, read_messages
 from harness.benchmarks.official import OfficialTable
@@ -81,7 +81,7 @@ class StreamBenchConfig:
 
 
 @DATASETS.register("streambench", StreamBenchConfig)
-class StreamBench:
+class StreamBench(RawTextAnswers):
     """Adapter of StreamBench v0.3: multi-turn open-ended QA per video, judged yes/no + 0-5."""
 
     judged = True
@@ -129,14 +129,6 @@ class StreamBench:
     def prompt(self, query: Query) -> str:
         """The open question and a one-line instruction (our wording; StreamChat asks the bare question)."""
         return f"{query.text}\n{INSTRUCTION}"
-
-    def fired(self, text: str) -> bool:
-        """StreamBench has no proactive task."""
-        return False
-
-    def parse(self, query: Query, text: str) -> str | None:
-        """The raw answer: the judge reads it as written."""
-        return text
 
     def score(
         self, query: Query, truth: Truth, parsed: str | None, response_time_s: float | None
