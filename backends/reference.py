@@ -95,6 +95,7 @@ class Reference:
             tokens_out=tokens_out,
             latency_s=time.perf_counter() - started,
             modelled_latency_s=modelled,
+            visual_tokens=self.cfg.tokens_per_frame * n_frames,
         )
 
     async def aclose(self) -> None:

@@ -95,15 +95,27 @@ class Job:
     def semantic(self) -> dict[str, Any]:
         """The job as plain data (what config.yaml holds and the hash covers)."""
         choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
-        out = {c.kind: _with_artifacts(_plain(c.config)) for c in choices}
+        out = {c.kind: _with_artifacts(plain(c.config)) for c in choices}
         out["dataset"].pop("on_bad_item", None)  # which items run, never what they answer: same folder, same hash
-        out["system"] = _plain(self.system)
+        out["system"] = system = plain(self.system)
+        for route in ("s1", "s2"):  # a route's own backend, only where one is set: other jobs keep their hash
+            node = system[route].pop("backend")
+            if node is not None:
+                system[route]["backend"] = _with_artifacts(node)
         if self.judge.backend is not None:  # only judged benchmarks have one; other jobs keep their hash
-            out["judge"] = {**_plain(self.judge), "backend": _with_artifacts(dict(self.judge.backend))}
+            out["judge"] = {**plain(self.judge), "backend": _with_artifacts(dict(self.judge.backend))}
         return out
 
     def judge_backend(self) -> Choice:
         return backends.BACKENDS.parse(self.judge.backend)
+
+    def route_backends(self) -> dict[str, Choice]:
+        """The backend of each route: its own (`backend@system.s1.backend=...`) or the job's."""
+        routes = {"S1": self.system.s1.backend, "S2": self.system.s2.backend}
+        return {
+            route: self.backend if node is None else backends.BACKENDS.parse(plain(node))
+            for route, node in routes.items()
+        }
 
     def config_hash(self) -> str:
         canon = json.dumps(self.semantic(), sort_keys=True, separators=(",", ":"))
@@ -131,6 +143,9 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
     try:
         system = OmegaConf.to_object(OmegaConf.merge(schema_node(SystemConfig), cfg.system))
         judge = _judge(cfg.get("judge"), choices["dataset"])
+        for route in ("s1", "s2"):  # a route's own backend is checked like the job's
+            if cfg.system[route].get("backend") is not None:
+                backends.BACKENDS.parse(cfg.system[route].backend)
         run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), cfg.run))
         run.scoring = Scoring(cfg.get("scoring", "official"))
         shard = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ShardConfig), cfg.shard))
@@ -159,9 +174,9 @@ def _judge(node: DictConfig | None, dataset: Choice) -> JudgeConfig:
     if not is_judged(benchmarks.DATASETS.implementation(dataset.name)):
         return JudgeConfig()  # nothing to judge: the judge must not change the job's hash
     backend = backends.BACKENDS.parse(node.backend)  # checks the judge backend's node like any backend
-    plain = OmegaConf.to_container(node, resolve=True)
-    plain["backend"] = _plain(backend.config)
-    return JudgeConfig(**plain)  # type: ignore[arg-type]
+    fields = OmegaConf.to_container(node, resolve=True)
+    fields["backend"] = plain(backend.config)  # type: ignore[index]
+    return JudgeConfig(**fields)  # type: ignore[arg-type]
 
 
 def _with_artifacts(plain: dict[str, Any]) -> dict[str, Any]:
@@ -175,5 +190,5 @@ def _with_artifacts(plain: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def _plain(config: Any) -> dict[str, Any]:
+def plain(config: Any) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)  # type: ignore[return-value]

@@ -105,6 +105,8 @@ class Response:
     modelled_latency_s: float | None = None  # the backend's latency model, where it has one
     finish_reason: str = "stop"
     cost_usd: float = 0.0
+    visual_tokens: int = 0  # tokens the frames became in the model's input, where the backend knows
+    ttft_s: float | None = None  # time to first token, where the backend measures it
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +133,8 @@ class ResultRecord:
     modelled_latency_s: float | None = None
     tokens_in: int = 0
     tokens_out: int = 0
+    visual_tokens: int = 0  # of all calls for this query
+    ttft_s: float | None = None  # time to first token of the answering call, where the backend measures it
     n_calls: int = 0  # backend calls made (proactive polls included)
     cost_usd: float = 0.0
     response_time_s: float | None = None  # stream time of the answer (proactive)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from backends.base import Backend
 from harness.benchmarks.base import Benchmark
@@ -29,12 +31,14 @@ class S1Config:
     window_s: float = 4.0  # S1 sees the frames of the last window_s seconds
     max_frames: int = 8
     max_new_tokens: int = 32
+    backend: Any = None  # a backend node of its own (`backend@system.s1.backend=hf`); None: the job's backend
 
 
 @dataclass(frozen=True)
 class S2Config:
     max_frames: int = 16  # the router picks up to this many frames from memory
     max_new_tokens: int = 64
+    backend: Any = None  # as for S1
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ class Usage:
     modelled_latency_s: float | None = None
     tokens_in: int = 0
     tokens_out: int = 0
+    visual_tokens: int = 0
+    ttft_s: float | None = None  # of the latest call: the answering one once the query is answered
     cost_usd: float = 0.0
 
     def add(self, response: Response) -> None:
@@ -75,6 +81,8 @@ class Usage:
         self.latency_s += response.latency_s
         self.tokens_in += response.tokens_in
         self.tokens_out += response.tokens_out
+        self.visual_tokens += response.visual_tokens
+        self.ttft_s = response.ttft_s
         self.cost_usd += response.cost_usd
         if response.modelled_latency_s is not None:
             self.modelled_latency_s = (self.modelled_latency_s or 0.0) + response.modelled_latency_s
@@ -96,7 +104,7 @@ class StreamSystem:
     def __init__(
         self,
         cfg: SystemConfig,
-        backend: Backend,
+        backends: Mapping[Route, Backend],
         scheduler: Scheduler,
         router: Router,
         memory: Memory,
@@ -104,7 +112,7 @@ class StreamSystem:
         tokens: StreamTokens | None = None,
     ) -> None:
         self.cfg = cfg
-        self._backend = backend
+        self._backends = backends  # one per route; the same object where both routes share a backend
         self._scheduler = scheduler
         self._router = router
         self._memory = memory
@@ -147,7 +155,7 @@ class StreamSystem:
             context=context,
             max_new_tokens=self._max_new_tokens(decision.route),
         )
-        response = await self._backend.generate(request)
+        response = await self._backends[decision.route].generate(request)
         usage.add(response)
         self.remember(query, response.text)
         return Answer(decision, response.text, tuple(f.time_s for f in frames), usage, self._memory.usage())
@@ -157,7 +165,7 @@ class StreamSystem:
         assert query.trigger is not None
         frames, context = await self._inputs(query, decision.route, now_s)
         request = Request(now_s, decision.route, frames, query.trigger, context=context, max_new_tokens=4)
-        response = await self._backend.generate(request)
+        response = await self._backends[decision.route].generate(request)
         usage.add(response)
         return self._benchmark.fired(response.text)
 
@@ -187,7 +195,7 @@ class StreamSystem:
         recent = tuple(self._recent)[-self.cfg.s1.max_frames :]
         request = Request(now_s, "S1", recent, self.cfg.caption_prompt, max_new_tokens=self.cfg.s1.max_new_tokens)
         try:
-            response = await self._backend.generate(request)
+            response = await self._backends["S1"].generate(request)
         except Exception as e:  # a lost note costs the memory one entry, not the stream
             log.warning("text memory: no note at %.1f s (%s: %s)", now_s, type(e).__name__, e)
             return

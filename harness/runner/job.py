@@ -26,7 +26,7 @@ from analysis.summary import ERROR_POLICY, markdown, summarize, table_headers, t
 from backends.base import BACKENDS, Backend
 from harness.benchmarks.base import DATASETS, BadItem, Benchmark
 from harness.benchmarks.validate import screen
-from harness.config import Job, RunConfig, Scoring, ShardConfig
+from harness.config import Job, RunConfig, Scoring, ShardConfig, plain
 from harness.embedding_cache import CacheCounts, EmbeddingCache, StreamTokens
 from harness.encoders.base import ENCODERS, Encoder
 from harness.errors import ConfigError
@@ -151,20 +151,20 @@ async def _play_all(
     bar: tqdm,
     stats: _Stats,
 ) -> None:
-    backend: Backend = BACKENDS.build(job.backend)
+    route_backends = _route_backends(job)
     scheduler, router = SCHEDULERS.build(job.scheduler), ROUTERS.build(job.router)
     encoder, cache = _encoder_and_cache(job, run, router)
     judge = _judge(job, run) if is_judged(benchmark) else None
     writers = {i: store.ShardWriter(shards_dir / f"{store.shard_stem(i, count)}.jsonl") for i, _ in todo}
     limit = asyncio.Semaphore(run.concurrency)
     official = job.system.span == Span.official
-    audio = bool(getattr(backend, "takes_audio", False))
+    audio = all(getattr(b, "takes_audio", False) for b in route_backends.values())
 
     async def stream(index: int, sample: StreamSample) -> None:
         async with limit:
             tokens = None if encoder is None else StreamTokens(encoder, cache, _cache_key(cache, sample, job, encoder))
             memory = MEMORIES.build(job.memory)
-            system = StreamSystem(job.system, backend, scheduler, router, memory, benchmark, tokens)
+            system = StreamSystem(job.system, route_backends, scheduler, router, memory, benchmark, tokens)
 
             async def emit(query: Query, outcome: Answer | Exception) -> None:
                 verdict, outputs = None, {}
@@ -194,7 +194,8 @@ async def _play_all(
     try:
         await asyncio.gather(*(stream(i, s) for i, s in todo))
     finally:
-        await backend.aclose()
+        for each in {id(b): b for b in route_backends.values()}.values():
+            await each.aclose()
         if judge is not None:
             await judge.aclose()
             stats.judge_calls, stats.judge_cached = judge.calls, judge.cached
@@ -202,6 +203,18 @@ async def _play_all(
             writer.close()
         if cache is not None:
             stats.embeddings = cache.counts
+
+
+def _route_backends(job: Job) -> dict[str, Backend]:
+    """A backend per route, one instance per distinct config: S1 and S2 on the same model load it once."""
+    built: dict[str, Backend] = {}
+    routes = {}
+    for route, choice in job.route_backends().items():
+        key = json.dumps(plain(choice.config), sort_keys=True, default=str)
+        if key not in built:
+            built[key] = BACKENDS.build(choice)
+        routes[route] = built[key]
+    return routes
 
 
 def _official_span(query: Query) -> tuple[float | None, float | None]:
@@ -286,6 +299,8 @@ def _record(
         modelled_latency_s=usage.modelled_latency_s,
         tokens_in=usage.tokens_in,
         tokens_out=usage.tokens_out,
+        visual_tokens=usage.visual_tokens,
+        ttft_s=usage.ttft_s,
         n_calls=usage.n_calls,
         cost_usd=usage.cost_usd,
         response_time_s=outcome.response_time_s,

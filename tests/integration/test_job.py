@@ -210,3 +210,20 @@ def test_the_official_span_shows_frames_up_to_the_clip_end_and_the_record_says_s
     for record in _records(tmp_path / "streaming"):
         assert record.span_end_s is None
         assert not record.frame_times_s or max(record.frame_times_s) <= (record.response_time_s or record.time_s)
+
+
+def test_s1_and_s2_on_their_own_backends_one_instance_per_distinct_config(data_root, tmp_path):
+    job, run, shard = compose_job(
+        data_root, "backend@system.s2.backend=reference", "system.s2.backend.tokens_per_frame=7"
+    )
+    backends = job_module._route_backends(job)
+    assert backends["S1"] is not backends["S2"] and backends["S2"].cfg.tokens_per_frame == 7
+    run_job(job, run, shard, tmp_path / "job")
+    for record in _records(tmp_path / "job"):
+        if record.n_calls == 1 and record.frame_times_s:  # one call: its visual tokens are that route's
+            per_frame = 7 if record.route == "S2" else 64
+            assert record.visual_tokens == per_frame * len(record.frame_times_s)
+    assert "backend" in job.semantic()["system"]["s2"] and "backend" not in job.semantic()["system"]["s1"]
+    same, *_ = compose_job(data_root, "backend@system.s1.backend=reference")  # the job's own config: loaded once
+    shared = job_module._route_backends(same)
+    assert shared["S1"] is shared["S2"]

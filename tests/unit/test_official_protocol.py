@@ -46,7 +46,7 @@ def _play(video, queries, backend, span: Span) -> dict[str, Answer]:
     memory = MEMORIES.build(MEMORIES.parse({"name": "window", "window_s": 1000.0}))
     scheduler = SCHEDULERS.build(SCHEDULERS.parse({"name": "force_s2"}))
     router = ROUTERS.build(ROUTERS.parse({"name": "uniform"}))
-    system = StreamSystem(system_cfg, backend, scheduler, router, memory, Prompts())
+    system = StreamSystem(system_cfg, {"S1": backend, "S2": backend}, scheduler, router, memory, Prompts())
     sample = StreamSample("s", str(video), 8.0, tuple(queries), {q.id: Truth(q.id, "A") for q in queries})
     answers: dict[str, Answer] = {}
 
