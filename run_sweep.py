@@ -1,6 +1,7 @@
 """One Hydra job = one dataset x backend x router x memory x scheduler x system combination.
 
 python run_sweep.py -m router=recent,uniform scheduler=force_s1,force_s2 run.name=demo
+python run_sweep.py -m ... run.estimate=true     # each job's expected calls, images, tokens and cost; no calls
 """
 
 import sys
@@ -29,6 +30,9 @@ def main(cfg: DictConfig) -> float | None:
             raise  # the job is marked failed, the sweep goes on and its table shows the error
         print(f"{type(e).__name__}: {e}", file=sys.stderr)  # the message is the whole story: no traceback
         sys.exit(2)
+    if result.estimate is not None:
+        print(result.estimate.text(result.out_dir.name), flush=True)
+        return None
     if not multirun:
         print((result.out_dir / "summary.md").read_text())
     return result.summary["overall"]

@@ -3,6 +3,7 @@
 python -m analysis score --benchmark ovo_bench --predictions results/Gemini/ [--json]
 python -m analysis score --benchmark streambench --run outputs/<run>/<job>/    # LLM-judged: from our records
 python -m analysis export --benchmark ovo_bench outputs/<run>/<job>/ -o results/ovo_bench.json
+python -m analysis completeness|table|ablation|efficiency|plot|paper outputs/<run>/ ...   # see analysis/cli.py
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import importlib
 import json
 import sys
 from pathlib import Path
+
+from analysis import cli
 
 # benchmark -> module with `score_predictions(path) -> OfficialTable` (official results format in)
 SCORERS = {
@@ -42,7 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--benchmark", required=True, choices=sorted(EXPORTERS))
     export.add_argument("run_dir", type=Path, help="a job folder (config.yaml and shards/*.jsonl)")
     export.add_argument("-o", "--output", required=True, type=Path, help="the results JSON to write")
+    cli.add(commands)
     args = parser.parse_args(argv)
+    if args.command in cli.NAMES:
+        return cli.run(args)
     if args.command == "export":
         return _export(args)
     if args.model and args.benchmark not in MODEL_KEYED:

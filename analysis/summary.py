@@ -45,6 +45,8 @@ def summarize(records: Iterable[ResultRecord], tasks: Sequence[str]) -> dict[str
         "latency_s": fmean(r.latency_s for r in records) if records else None,
         "modelled_latency_s": fmean(modelled) if modelled else None,
         "model_calls": sum(r.n_calls for r in records),
+        "cached_calls": sum(r.cached_calls for r in records),  # served from the response cache, not paid again
+        "cost_usd": sum(r.cost_usd for r in records),  # at the configured list prices, cached calls included
     }
 
 

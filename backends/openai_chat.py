@@ -1,33 +1,41 @@
 """OpenAI chat completions, and any server that speaks the same API (`vllm serve`, e.g. a judge model).
 
-Translates `Request -> chat.completions.create -> Response` and turns SDK failures into BackendError.
-The SDK's own retries are off: retrying belongs to the harness, where every attempt is counted. The API
-key is read from the environment variable the config names; it is never stored in a config, a record,
-a log line or an error message.
+Translates `Request -> chat.completions body` and the SDK's failures into ProviderError kinds; the key check,
+response cache, rate limits, retries and cost are the shared `ApiBackend` (backends/api.py). The SDK's own
+retries are off: retrying belongs to the harness, where every attempt is counted. The API key is read from
+the environment variable the config names; it is never stored in a config, a record, a log line or an error.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import os
-import time
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from omegaconf import MISSING
 from PIL import Image
 
+from backends.api import ApiBackend, ApiConfig, ProviderError, Reply, image_side, retry_after_s, status_kind
 from backends.base import BACKENDS
-from harness.errors import BackendError, ConfigError
-from harness.records import Frame, Request, Response
+from harness.records import Frame, Request
+
+if TYPE_CHECKING:
+    from backends.openai_batch import OpenAIBatches
 
 OPENAI_API_URL = "https://api.openai.com/v1"
 JPEG_QUALITY = 90
-MAX_ERROR_CHARS = 300  # of the server's own error message, in BackendError
+CHARS_PER_TOKEN = 4  # English text, for estimates only (the reply's usage is what gets recorded)
+MESSAGE_TOKENS = 4  # per chat message (role and separators), plus REPLY_PRIMING_TOKENS per request
+REPLY_PRIMING_TOKENS = 3
+MAX_PATCHES = 1536  # the patches rule's cap per image
 
 
 class ImageFormat(str, Enum):
@@ -38,90 +46,170 @@ class ImageFormat(str, Enum):
 class ImageDetail(str, Enum):
     low = "low"  # OpenAI: one 512 px tile, cheapest
     high = "high"
-    auto = "auto"  # the server decides
+    auto = "auto"  # the server decides (estimated as high)
+
+
+class ImageTokenRule(str, Enum):
+    tiles = "tiles"  # fit in 2048 px, shorter side to 768 px, base + per_tile per 512 px tile (gpt-4o, gpt-4.1)
+    patches = "patches"  # 32 px patches, at most 1536, times a multiplier (gpt-4.1-mini, gpt-4.1-nano, o4-mini)
 
 
 @dataclass(frozen=True)
-class OpenAIConfig:
+class ImageTokensConfig:
+    """How the provider counts a frame's input tokens; for run.estimate and the limits, never for answers."""
+
+    rule: ImageTokenRule = ImageTokenRule.tiles
+    base: int = 85  # tiles: per image (all of a low-detail image); gpt-4o-mini: 2833
+    per_tile: int = 170  # tiles: per 512 px tile; gpt-4o-mini: 5667
+    multiplier: float = 1.0  # patches: tokens per patch (gpt-4.1-mini 1.62, gpt-4.1-nano 2.46, o4-mini 1.72)
+
+
+@dataclass(frozen=True)
+class OpenAIConfig(ApiConfig):
     name: str = "openai"
     model: str = MISSING  # e.g. "gpt-4o-2024-08-06", or the model a vLLM server was started with
-    # None: the OpenAI API (OPENAI_BASE_URL is not read: the config, which is hashed, says where answers come from);
+    # None: the OpenAI API (OPENAI_BASE_URL is not read: the config says where answers come from);
     # "http://127.0.0.1:8000/v1" for a local server
-    base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"  # the variable that holds the key; the key itself is never in a config
-    temperature: float = 0.0
     image_format: ImageFormat = ImageFormat.jpeg
     image_max_side: int = 768  # frames are shrunk so the longer side is at most this (never enlarged)
     image_detail: ImageDetail = ImageDetail.auto
-    timeout_s: float = 120.0  # per call
+    image_tokens: ImageTokensConfig = field(default_factory=ImageTokensConfig)
+
+    run_only: ClassVar[frozenset[str]] = ApiConfig.run_only | {"image_tokens"}
 
 
 @BACKENDS.register("openai", OpenAIConfig)
-class OpenAIChat:
+class OpenAIChat(ApiBackend):
     """One chat completion per request: system, earlier turns, then text memory, timed frames and the prompt."""
 
-    takes_audio = False
+    provider = "openai"
+    cfg: OpenAIConfig
 
     def __init__(self, cfg: OpenAIConfig) -> None:
         import openai
 
-        key = os.environ.get(cfg.api_key_env, "")
-        if not key:
-            where = cfg.base_url or "the OpenAI API"
-            raise ConfigError(
-                f"openai backend: the environment variable {cfg.api_key_env} is not set or empty. Export it with "
-                f"the API key for {where} (a local server started without --api-key accepts any non-empty "
-                "value), or point backend.api_key_env at the variable that holds the key"
-            )
-        self.cfg = cfg
-        self._key = key  # kept only to scrub it from error messages
+        super().__init__(cfg)
         self._client = openai.AsyncOpenAI(
-            api_key=key, base_url=cfg.base_url or OPENAI_API_URL, max_retries=0, timeout=cfg.timeout_s
+            api_key=self._key, base_url=cfg.base_url or OPENAI_API_URL, max_retries=0, timeout=cfg.timeout_s
         )
 
-    async def generate(self, request: Request) -> Response:
-        import openai
+    def payload(self, request: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": chat_messages(request, self.cfg),
+            "max_completion_tokens": request.max_new_tokens,
+        }
+        if self.cfg.capabilities.temperature:
+            body["temperature"] = self.cfg.temperature
+        if self.cfg.capabilities.max_image_bytes is not None:
+            for frame, url in zip(sorted(request.frames, key=lambda f: f.time_s), _image_urls(body), strict=True):
+                self.check_image_bytes(len(base64.b64decode(url.split(",", 1)[1])), frame)
+        return body
 
-        started = time.perf_counter()
-        messages = await asyncio.to_thread(chat_messages, request, self.cfg)  # image encoding is CPU work
-        try:
-            reply = await self._client.chat.completions.create(
-                model=self.cfg.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_completion_tokens=request.max_new_tokens,
-                temperature=self.cfg.temperature,
-            )
-        except openai.OpenAIError as e:
-            raise BackendError(self._describe(e)) from None  # no chained SDK error: its text may hold anything
-        if not reply.choices:
-            raise BackendError(f"openai backend: the server returned no choices for model {self.cfg.model!r}")
-        choice, usage = reply.choices[0], reply.usage
-        return Response(
-            text=choice.message.content or "",
-            tokens_in=usage.prompt_tokens if usage is not None else 0,  # servers that omit usage count as 0
-            tokens_out=usage.completion_tokens if usage is not None else 0,
-            latency_s=time.perf_counter() - started,
-            finish_reason=choice.finish_reason or "unknown",  # "stop", "length" (cut at max tokens), ...
-        )
+    async def send(self, payload: dict[str, Any]) -> Reply:
+        with sdk_errors(self.where, self.cfg.timeout_s):
+            reply = await self._client.chat.completions.create(**payload)
+        return parse_completion(reply, self.where, self.cfg.model)
+
+    def batch_transport(self) -> OpenAIBatches:
+        from backends.openai_batch import OpenAIBatches
+
+        return OpenAIBatches(self._client, self.where, self.cfg.timeout_s, self.cfg.model)
+
+    @property
+    def where(self) -> str:
+        return self.cfg.base_url or "the OpenAI API"
+
+    def estimate_tokens(self, request: Request) -> int:
+        """Text at CHARS_PER_TOKEN, per-message overhead, and each frame by the configured image rule."""
+        texts = [request.system, request.prompt, *request.context]
+        texts += [t for turn in request.history for t in (turn.question, turn.answer)]
+        texts += [f"[{f.time_s:.1f} s]" for f in request.frames]
+        messages = 1 + bool(request.system) + 2 * len(request.history)
+        side = image_side(self.cfg, self.cfg.image_max_side)
+        images = sum(
+            image_tokens(*_shrunk(f.pixels.shape[1], f.pixels.shape[0], side), self.cfg.image_detail,
+                         self.cfg.image_tokens)
+            for f in request.frames
+        )  # fmt: skip
+        text = sum(math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts if t)
+        return text + MESSAGE_TOKENS * messages + REPLY_PRIMING_TOKENS + images
 
     async def aclose(self) -> None:
+        await super().aclose()
         await self._client.close()
 
-    def _describe(self, error: Exception) -> str:
-        """The error class, HTTP status and error type, and the server's short message, without the key."""
-        import openai
 
-        if isinstance(error, openai.APIStatusError):
-            body = error.body
-            detail = body.get("message") if isinstance(body, dict) else body
-            kind = error.type or error.code
-            head = f"{type(error).__name__} (HTTP {error.status_code}{f', {kind}' if kind else ''})"
-            text = f"openai backend: {head} from {self.cfg.base_url or 'the OpenAI API'}: {detail or error.message}"
-        elif isinstance(error, openai.APIConnectionError):  # timeouts included
-            text = f"openai backend: {type(error).__name__} to {self.cfg.base_url or 'the OpenAI API'}: {error.message}"
-        else:
-            text = f"openai backend: {type(error).__name__}: {error}"
-        return _shorten(text.replace(self._key, "[key]"))
+@contextmanager
+def sdk_errors(where: str, timeout_s: float) -> Iterator[None]:
+    """The openai SDK's failures inside the block as ProviderError kinds (messages without the key)."""
+    import openai
+
+    try:
+        yield
+    except openai.APIStatusError as e:
+        body = e.body
+        detail = body.get("message") if isinstance(body, dict) else body
+        error_type = e.type or e.code
+        head = f"{type(e).__name__} (HTTP {e.status_code}{f', {error_type}' if error_type else ''})"
+        quota = "insufficient_quota" in (e.code, e.type)  # an empty balance: waiting never helps
+        kind = "client" if quota else status_kind(e.status_code)
+        message = f"{head} from {where}: {detail or e.message}"
+        raise ProviderError(kind, e.status_code, message, retry_after_s(e.response.headers)) from None
+    except openai.APITimeoutError:
+        raise ProviderError("timeout", None, f"APITimeoutError: no reply from {where} within {timeout_s:g} s") from None
+    except openai.APIConnectionError as e:
+        raise ProviderError("server", None, f"{type(e).__name__} to {where}: {e.message}") from None
+    except (json.JSONDecodeError, openai.APIResponseValidationError) as e:
+        raise ProviderError("server", 200, f"malformed reply from {where}: {type(e).__name__}: {e}") from None
+
+
+def parse_completion(reply: Any, where: str, model: str) -> Reply:
+    """The first choice's text, the usage and the finish reason of a chat completion."""
+    choices = getattr(reply, "choices", None)
+    if not choices or getattr(choices[0], "message", None) is None:
+        raise ProviderError("server", 200, f"a reply without choices from {where} for model {model!r}")
+    choice, usage = choices[0], reply.usage
+    return Reply(
+        text=choice.message.content or "",
+        tokens_in=usage.prompt_tokens if usage is not None else 0,  # servers that omit usage count as 0
+        tokens_out=usage.completion_tokens if usage is not None else 0,
+        finish_reason=choice.finish_reason or "unknown",  # "stop", "length" (cut at max tokens), ...
+    )
+
+
+@lru_cache(maxsize=256)
+def image_tokens(width: int, height: int, detail: ImageDetail, rule: ImageTokensConfig) -> int:
+    """Input tokens of one image of this size, by OpenAI's published counting rules."""
+    if rule.rule == ImageTokenRule.patches:
+        if math.ceil(width / 32) * math.ceil(height / 32) > MAX_PATCHES:  # shrunk to whole patches within the cap
+            scale = math.sqrt(32 * 32 * MAX_PATCHES / (width * height))
+            scale *= min(math.floor(width * scale / 32) / (width * scale / 32),
+                         math.floor(height * scale / 32) / (height * scale / 32))  # fmt: skip
+            width, height = width * scale, height * scale
+        patches = math.ceil(width / 32 - 1e-9) * math.ceil(height / 32 - 1e-9)
+        return math.ceil(min(patches, MAX_PATCHES) * rule.multiplier)
+    if detail == ImageDetail.low:
+        return rule.base
+    scale = min(1.0, 2048 / max(width, height))  # fit in a 2048 px square
+    width, height = width * scale, height * scale
+    scale = min(1.0, 768 / min(width, height))  # then the shorter side to 768 px
+    width, height = width * scale, height * scale
+    return rule.base + rule.per_tile * math.ceil(width / 512) * math.ceil(height / 512)
+
+
+def _shrunk(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """The size `image_data_url` sends a frame at."""
+    scale = max_side / max(width, height)
+    if scale >= 1:
+        return width, height
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _image_urls(body: dict[str, Any]) -> list[str]:
+    content = body["messages"][-1]["content"]
+    return [p["image_url"]["url"] for p in content if p["type"] == "image_url"] if isinstance(content, list) else []
 
 
 def chat_messages(request: Request, cfg: OpenAIConfig) -> list[dict[str, Any]]:
@@ -148,7 +236,7 @@ def user_content(request: Request, cfg: OpenAIConfig) -> str | list[dict[str, An
         parts.append({"type": "text", "text": "\n".join(request.context)})
     for frame in sorted(request.frames, key=lambda f: f.time_s):
         parts.append({"type": "text", "text": f"[{frame.time_s:.1f} s]"})
-        url = image_data_url(frame, cfg.image_format, cfg.image_max_side)
+        url = image_data_url(frame, cfg.image_format, image_side(cfg, cfg.image_max_side))
         parts.append({"type": "image_url", "image_url": {"url": url, "detail": cfg.image_detail.value}})
     parts.append({"type": "text", "text": request.prompt})
     return parts
@@ -167,7 +255,3 @@ def image_data_url(frame: Frame, image_format: ImageFormat, max_side: int) -> st
     else:
         image.save(buffer, format="PNG")
     return f"data:image/{image_format.value};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."

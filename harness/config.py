@@ -21,7 +21,7 @@ from harness.encoders.checkpoint import checkpoint_digest
 from harness.errors import ConfigError
 from harness.hashing import content_hash
 from harness.judge import JudgeConfig, is_judged
-from harness.registry import Choice, Registry, schema_node
+from harness.registry import Choice, Registry, answer_fields, plain, schema_node
 from harness.system import SystemConfig
 
 COMPONENTS: dict[str, Registry[Any]] = {
@@ -50,6 +50,9 @@ class RunConfig:
     progress: bool = True  # tqdm bar per job
     embedding_cache: str | None = ".cache/embeddings"  # frame embeddings shared across jobs; null: off
     judge_cache: str | None = ".cache/judgments.sqlite"  # LLM-judge outputs shared across jobs; null: off
+    response_cache: str | None = ".cache/responses.sqlite"  # API backends' replies shared across jobs; null: off
+    estimate: bool = False  # print the expected calls, images, tokens and cost of each job, then stop
+    budget_usd: float | None = None  # stop the job cleanly once its API calls would cost more; null: no cap
     torch_threads: int | None = 1  # CPU threads per torch op; 1: streams already run in parallel; null: default
     scoring: Scoring = Scoring.official  # set from the top-level `scoring` key (what the tables show)
 
@@ -93,17 +96,23 @@ class Job:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
     def semantic(self) -> dict[str, Any]:
-        """The job as plain data (what config.yaml holds and the hash covers)."""
+        """The job as plain data (what config.yaml holds and the hash covers).
+
+        Backend fields a config class lists in `run_only` (an API backend's base_url, api_key_env, timeout_s,
+        cache, retry, limits, price) are left out: they decide how calls are made, never what they answer, so
+        raising a timeout or a rate limit, moving to a proxy or updating prices keeps the folder and its records.
+        """
         choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
-        out = {c.kind: _with_artifacts(plain(c.config)) for c in choices}
+        out = {c.kind: _with_artifacts(answer_fields(c.config)) for c in choices}
         out["dataset"].pop("on_bad_item", None)  # which items run, never what they answer: same folder, same hash
         out["system"] = system = plain(self.system)
         for route in ("s1", "s2"):  # a route's own backend, only where one is set: other jobs keep their hash
             node = system[route].pop("backend")
             if node is not None:
-                system[route]["backend"] = _with_artifacts(node)
+                system[route]["backend"] = _with_artifacts(answer_fields(backends.BACKENDS.parse(node).config))
         if self.judge.backend is not None:  # only judged benchmarks have one; other jobs keep their hash
-            out["judge"] = {**plain(self.judge), "backend": _with_artifacts(dict(self.judge.backend))}
+            judge_backend = answer_fields(self.judge_backend().config)
+            out["judge"] = {**plain(self.judge), "backend": _with_artifacts(judge_backend)}
         return out
 
     def judge_backend(self) -> Choice:
@@ -158,6 +167,10 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
         )
     if run.concurrency < 1:
         raise ConfigError(f"run.concurrency={run.concurrency}: must be >= 1")
+    if system.proactive.poll_s <= 0:
+        raise ConfigError(f"system.proactive.poll_s={system.proactive.poll_s}: must be > 0 (seconds between polls)")
+    if run.budget_usd is not None and run.budget_usd <= 0:
+        raise ConfigError(f"run.budget_usd={run.budget_usd}: must be > 0 (dollars), or null for no cap")
     return Job(system=system, judge=judge, **choices), run, shard  # type: ignore[arg-type]
 
 
@@ -188,7 +201,3 @@ def _with_artifacts(plain: dict[str, Any]) -> dict[str, Any]:
     if model_path and (Path(model_path) / "config.json").is_file():
         plain["model_sha256"] = checkpoint_digest(Path(model_path))
     return plain
-
-
-def plain(config: Any) -> dict[str, Any]:
-    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)  # type: ignore[return-value]

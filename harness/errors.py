@@ -1,4 +1,8 @@
-"""The three failure families a user can act on; each message says where, what, and what to do."""
+"""The three failure families a user can act on; each message says where, what, and what to do.
+
+API backends raise a typed BackendError once their retry policy gives up, so a record's error string starts
+with the cause (RateLimitError, ServerError, ApiTimeoutError, ClientError) and tables can count by cause.
+"""
 
 
 class ConfigError(ValueError):
@@ -11,3 +15,19 @@ class DataError(ValueError):
 
 class BackendError(RuntimeError):
     """A backend could not answer; becomes an error record, never a crash of the sweep."""
+
+
+class RateLimitError(BackendError):
+    """The provider kept answering 429 (rate limited) until the retry policy gave up."""
+
+
+class ServerError(BackendError):
+    """The provider failed (5xx, dropped connection, malformed reply) until the retry policy gave up."""
+
+
+class ApiTimeoutError(BackendError):
+    """No answer within the configured timeout, on every try."""
+
+
+class ClientError(BackendError):
+    """The request itself was refused (400, 401, 403, 404, too many or too large images): never retried."""

@@ -16,10 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from omegaconf import OmegaConf
-
-from backends.base import Backend
+from backends.base import BACKENDS, Backend
 from harness.records import Query, Request, Truth
+from harness.registry import answer_fields
 from harness.response_cache import ResponseCache, request_key
 
 log = logging.getLogger(__name__)
@@ -74,7 +73,12 @@ class Judge:
         self.cfg = cfg
         self._backend = backend
         self._cache = cache
-        self._identity = OmegaConf.to_container(OmegaConf.create(cfg.backend)) if cfg.backend is not None else None
+        # what decides the judge's answers, and where they come from (two servers may serve other weights under
+        # one model name); its timeout, key variable, retries, limits or prices do not (`run_only` fields)
+        self._identity = None
+        if cfg.backend is not None:
+            config = BACKENDS.parse(cfg.backend).config
+            self._identity = {**answer_fields(config), "base_url": getattr(config, "base_url", None)}
         self.calls = 0  # judge calls made (cache misses that reached the backend)
         self.cached = 0  # judgments served from the cache
 

@@ -107,6 +107,7 @@ class Response:
     cost_usd: float = 0.0
     visual_tokens: int = 0  # tokens the frames became in the model's input, where the backend knows
     ttft_s: float | None = None  # time to first token, where the backend measures it
+    cached: bool = False  # served from the response cache: nothing was asked or paid this time
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,8 @@ class ResultRecord:
     visual_tokens: int = 0  # of all calls for this query
     ttft_s: float | None = None  # time to first token of the answering call, where the backend measures it
     n_calls: int = 0  # backend calls made (proactive polls included)
-    cost_usd: float = 0.0
+    cached_calls: int = 0  # of those, served from the response cache (not paid by the run that wrote this)
+    cost_usd: float = 0.0  # the calls' price at the configured list prices, cached ones included
     response_time_s: float | None = None  # stream time of the answer (proactive)
     subscores: Mapping[str, float] = field(default_factory=dict)
     memory_frames: int = 0  # what the stream's memory held when the query was answered

@@ -31,6 +31,21 @@ class Choice:
     config: Any
 
 
+def plain(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain data (enums as their names)."""
+    return OmegaConf.to_container(OmegaConf.structured(config), enum_to_str=True)  # type: ignore[return-value]
+
+
+def answer_fields(config: Any) -> dict[str, Any]:
+    """`plain(config)` without the fields its class lists in `run_only`: how a call is made (endpoint, key
+    variable, timeout, retries, rate limits, prices), never what it answers. What a job's hash and an LLM
+    judge's cache key cover, so changing them keeps the records and the cached outputs."""
+    out = plain(config)
+    for name in getattr(type(config), "run_only", ()):
+        out.pop(name, None)
+    return out
+
+
 def schema_node(schema: type) -> DictConfig:
     """The typed node of a config dataclass, writable so that YAML and overrides can set it.
 

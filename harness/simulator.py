@@ -3,7 +3,9 @@
 A frame is observed before a query asked at the same instant (it is on screen then). Proactive
 queries become poll events every `poll_s` seconds until the trigger fires or the stream ends (or
 within the query's official poll window, where it has one).
-Every query ends in exactly one outcome: an `Answer`, or the exception that stopped it.
+Every query ends in exactly one outcome: an `Answer`, or the exception that stopped it; except when the
+job's budget is spent (BudgetExhausted): the stream then stops, and its unasked queries get no outcome at
+all, so a later run with a larger budget asks them exactly as an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
+from harness.budget import BudgetExhausted
 from harness.records import Frame, Query, ResultRecord, StreamSample
 from harness.scheduler import Decision
 from harness.system import Answer, StreamSystem, Usage
@@ -47,7 +50,10 @@ async def play(
     polling: dict[str, tuple[Decision, Usage]] = {}
     while events:
         now_s, _, kind, query = heapq.heappop(events)
-        await clock.advance(now_s)
+        try:
+            await clock.advance(now_s)  # a text memory writes its notes here
+        except BudgetExhausted:
+            return
         if clock.error is not None:
             await emit(query, clock.error)
             continue
@@ -71,6 +77,8 @@ async def play(
                 await emit(query, answer)
             else:
                 heapq.heappush(events, (round(now_s + poll_s, 6), next(order), "poll", query))
+        except BudgetExhausted:
+            return  # the job's budget is spent: this query and the later ones stay unrecorded
         except Exception as e:  # one query failed; the stream goes on
             await emit(query, e)
 

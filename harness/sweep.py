@@ -49,14 +49,19 @@ def sweep_table(sweep_dir: Path, robust: bool = False) -> tuple[str, list[dict[s
 
 
 class SweepLedger(Callback):
+    """Keeps the ledger of real runs only: a `run.estimate=true` sweep leaves the last sweep's table alone."""
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _quietly(self._start, config)
+        if not _estimating(config):
+            _quietly(self._start, config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _quietly(self._job_start, config)
+        if not _estimating(config):
+            _quietly(self._job_start, config)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        _quietly(self._job_end, config, job_return)
+        if not _estimating(config):
+            _quietly(self._job_end, config, job_return)
 
     def _start(self, config: DictConfig) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -115,6 +120,10 @@ def _planned_jobs(config: DictConfig) -> int:
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     parsed = OverridesParser.create().parse_overrides(arguments)
     return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+
+
+def _estimating(config: DictConfig) -> bool:
+    return bool(OmegaConf.select(config, "run.estimate", default=False))
 
 
 def _is_multirun() -> bool:

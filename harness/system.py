@@ -17,6 +17,7 @@ from typing import Any
 
 from backends.base import Backend
 from harness.benchmarks.base import Benchmark
+from harness.budget import BudgetExhausted
 from harness.embedding_cache import StreamTokens
 from harness.memory.base import Memory, MemoryUsage, Note
 from harness.records import Frame, Query, Request, Response, Route, Turn
@@ -75,6 +76,7 @@ class Usage:
     visual_tokens: int = 0
     ttft_s: float | None = None  # of the latest call: the answering one once the query is answered
     cost_usd: float = 0.0
+    cached_calls: int = 0  # served from the response cache
 
     def add(self, response: Response) -> None:
         self.n_calls += 1
@@ -84,6 +86,7 @@ class Usage:
         self.visual_tokens += response.visual_tokens
         self.ttft_s = response.ttft_s
         self.cost_usd += response.cost_usd
+        self.cached_calls += response.cached
         if response.modelled_latency_s is not None:
             self.modelled_latency_s = (self.modelled_latency_s or 0.0) + response.modelled_latency_s
 
@@ -196,6 +199,8 @@ class StreamSystem:
         request = Request(now_s, "S1", recent, self.cfg.caption_prompt, max_new_tokens=self.cfg.s1.max_new_tokens)
         try:
             response = await self._backends["S1"].generate(request)
+        except BudgetExhausted:
+            raise  # not a lost note: the stream stops here (the simulator's rule)
         except Exception as e:  # a lost note costs the memory one entry, not the stream
             log.warning("text memory: no note at %.1f s (%s: %s)", now_s, type(e).__name__, e)
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,8 +10,32 @@ import av
 import numpy as np
 import pytest
 
-# tiny random CLIP / SigLIP / Qwen2.5-VL checkpoints built offline once per session; a local OpenAI-compatible server
-pytest_plugins = ["tests.fixtures.tiny_models", "tests.fixtures.openai_server"]
+# tiny random CLIP / SigLIP / Qwen2.5-VL checkpoints built offline once per session; local servers that speak the
+# OpenAI, Anthropic and Gemini APIs
+pytest_plugins = [
+    "tests.fixtures.tiny_models",
+    "tests.fixtures.openai_server",
+    "tests.fixtures.anthropic_server",
+    "tests.fixtures.google_server",
+]
+
+NO_VLLM = "vllm is not installed in this venv: run `make test-vllm`"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `vllm` are skipped, with the reason, where vllm cannot be imported (the main venv)."""
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=NO_VLLM))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_VLLM in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} tests skipped: {NO_VLLM}", yellow=True)
+
 
 BITS = 12
 CELL = 16

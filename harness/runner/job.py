@@ -3,6 +3,11 @@ append a record per query, mark finished shards, write the summary.
 
 Resume is exact: a query with a record is never asked again (errors only with
 run.retry_errors=true), and a folder written under another config hash is refused.
+API backends get the run's response cache (a repeated or resumed job never pays twice for a request),
+the job's budget (`run.budget_usd`: the job stops cleanly, and a later run continues it) and the job folder
+(batch mode keeps its submitted batches in <job>/batches.json; a batch still running at backend.batch_timeout_s
+stops the job the same clean way, and a later run collects it);
+`run.estimate=true` only reports what the job would ask and cost (harness/estimate.py).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import platform
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +32,12 @@ from analysis.summary import ERROR_POLICY, markdown, summarize, table_headers, t
 from backends.base import BACKENDS, Backend
 from harness.benchmarks.base import DATASETS, BadItem, Benchmark
 from harness.benchmarks.validate import screen
+from harness.budget import Budget
 from harness.config import Job, RunConfig, Scoring, ShardConfig, plain
 from harness.embedding_cache import CacheCounts, EmbeddingCache, StreamTokens
 from harness.encoders.base import ENCODERS, Encoder
 from harness.errors import ConfigError
+from harness.estimate import Estimate, estimate_job
 from harness.judge import Judge, JudgedBenchmark, Verdict, is_judged
 from harness.memory.base import MEMORIES
 from harness.records import RECORD_SCHEMA, Query, ResultRecord, StreamSample
@@ -54,6 +62,9 @@ class JobResult:
     model_calls: int  # backend calls made by this run (text-memory notes included)
     decode_s: float  # CPU time the reader threads spent decoding
     embeddings: CacheCounts  # frame embeddings reused from the cache vs computed by this run
+    estimate: Estimate | None = None  # run.estimate=true: what the job would ask; nothing else was done
+    budget_reached: bool = False  # run.budget_usd stopped the job before every query was asked
+    batches_pending: tuple[str, ...] = ()  # batch mode: submitted batches this run stopped waiting for
 
 
 def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
@@ -61,6 +72,9 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     out_dir.mkdir(parents=True, exist_ok=True)
     config_hash = job.config_hash()
     _refuse_other_config(out_dir, job, config_hash)
+    if run.estimate:
+        return _estimate_only(job, run, shard, out_dir)
+    spent_before = _spent_before(out_dir)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(job.semantic(), sort_keys=False))
     manifest = _manifest(out_dir, config_hash)
 
@@ -69,6 +83,11 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     samples, skipped = screen(benchmark.load(), policy, job.dataset.name, run.progress)
     shards_dir = out_dir / "shards"
     existing = _existing_records(shards_dir, run.retry_errors)
+    if spent_before is None:  # a folder from before spending was tracked: its records' price is the best bound
+        spent_before = sum(r.cost_usd for r in existing.values())
+    manifest["spent_usd_total"] = spent_before  # kept if this run dies: the next one still counts it
+    store.write_json(out_dir / "manifest.json", manifest)
+    budget = Budget(run.budget_usd, spent_before)
     planned = shards_to_run(shard.count, shard.index)
     grouped = by_shard(samples, shard.count)
     todo = [(i, s) for i in planned for s in grouped[i] if any(q.id not in existing for q in s.queries)]
@@ -79,15 +98,17 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         # one intra-op pool per op while several streams run at once: 7x slower on 2 cores (text memory job)
         torch.set_num_threads(run.torch_threads)
     stats = _Stats()
+    n_queries = sum(q.id not in existing for _, s in todo for q in s.queries)
     if todo:
-        n_queries = sum(q.id not in existing for _, s in todo for q in s.queries)
         with tqdm(total=n_queries, desc=label, unit="query", disable=not run.progress) as bar:
             asyncio.run(
-                _play_all(job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats)
+                _play_all(job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats, budget)
             )
-    for index in planned:
-        path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
-        store.write_json(path, {"config_hash": config_hash, "samples": len(grouped[index])})
+    stopped = budget.reached or bool(stats.batches_pending)
+    if not stopped:  # a shard is done only when every query has its record
+        for index in planned:
+            path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
+            store.write_json(path, {"config_hash": config_hash, "samples": len(grouped[index])})
 
     summary = summarize({**existing, **stats.written}.values(), benchmark.tasks)
     summary["skipped"] = len(skipped)
@@ -100,12 +121,37 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         note_calls=stats.note_calls,
         judge_calls=stats.judge_calls,
         judge_cached=stats.judge_cached,
+        cached_calls=stats.cached_calls,  # model calls served from the response cache (notes included)
+        cost_usd=round(stats.cost_usd, 6),  # this run's calls at list prices, cached ones included
+        spent_usd=round(budget.spent_usd, 6),  # what this run paid (cache hits are free)
+        spent_usd_total=round(budget.total_usd, 6),  # what every run into this folder paid
+        retries=dict(stats.retries),  # failed API tries that were retried, by kind
+        budget_reached=_budget_note(run, budget, n_queries - stats.new),
+        batches_pending=stats.batches_pending,  # submitted batches this run stopped waiting for (batches.json)
         embeddings=vars(stats.embeddings),
         decode_s=round(stats.decode_s, 3),
         skipped=[{"sample": p.sample_id, "query": p.query_id, "problem": p.text} for p in skipped],
     )
     store.write_json(out_dir / "manifest.json", manifest)
-    if stats.new == 0:
+    if budget.reached:
+        log.warning(
+            "%s: run.budget_usd=%g reached ($%.4f spent in all): %d queries not asked and not recorded; "
+            "run again with a larger run.budget_usd to continue exactly where this stopped",
+            label,
+            run.budget_usd,
+            budget.total_usd,
+            n_queries - stats.new,
+        )
+    if stats.batches_pending:
+        log.warning(
+            "%s: %d submitted batches not finished (backend.batch_timeout_s): %d queries not recorded; run the "
+            "job again to collect them (%s)",
+            label,
+            len(stats.batches_pending),
+            n_queries - stats.new,
+            out_dir / "batches.json",
+        )
+    if stats.new == 0 and not stopped:
         log.info("%s: all %d queries already recorded: no model called", label, reused)
     else:
         log.info(
@@ -116,6 +162,13 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
             stats.errors,
             stats.calls,
         )
+    if stats.cached_calls or budget.spent_usd:
+        log.info(
+            "%s: %d model calls served from the response cache; $%.4f spent (list prices)",
+            label,
+            stats.cached_calls,
+            budget.spent_usd,
+        )
     if stats.embeddings.reused or stats.embeddings.computed:
         log.info(
             "%s: frame embeddings: %d reused from the cache, %d computed",
@@ -123,7 +176,32 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
             stats.embeddings.reused,
             stats.embeddings.computed,
         )
-    return JobResult(out_dir, summary, reused, stats.new, stats.calls, stats.decode_s, stats.embeddings)
+    return JobResult(
+        out_dir,
+        summary,
+        reused,
+        stats.new,
+        stats.calls,
+        stats.decode_s,
+        stats.embeddings,
+        None,
+        budget.reached,
+        tuple(stats.batches_pending),
+    )
+
+
+def _estimate_only(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
+    """run.estimate=true: the job's expected calls, images, tokens and cost; nothing is written or called."""
+    benchmark = DATASETS.build(job.dataset)
+    policy = getattr(job.dataset.config, "on_bad_item", BadItem.fail)
+    samples, _ = screen(benchmark.load(), policy, job.dataset.name, run.progress)
+    recorded = set()
+    for path in sorted((out_dir / "shards").glob("shard-*.jsonl")):
+        recorded |= {r.query_id for r in store.load_records(path) if not (run.retry_errors and r.has_error)}
+    grouped = by_shard(samples, shard.count)
+    mine = [s for i in shards_to_run(shard.count, shard.index) for s in grouped[i]]
+    estimate = estimate_job(job, benchmark, mine, recorded)
+    return JobResult(out_dir, {}, estimate.recorded, 0, 0, 0.0, CacheCounts(), estimate)
 
 
 @dataclass
@@ -135,6 +213,10 @@ class _Stats:
     note_calls: int = 0
     judge_calls: int = 0
     judge_cached: int = 0
+    cached_calls: int = 0
+    cost_usd: float = 0.0
+    retries: Counter[str] = field(default_factory=Counter)
+    batches_pending: list[str] = field(default_factory=list)
     decode_s: float = 0.0
     embeddings: CacheCounts = field(default_factory=CacheCounts)
 
@@ -150,8 +232,21 @@ async def _play_all(
     config_hash: str,
     bar: tqdm,
     stats: _Stats,
+    budget: Budget,
 ) -> None:
     route_backends = _route_backends(job)
+    unique = list({id(b): b for b in route_backends.values()}.values())
+    api = [b for b in unique if hasattr(b, "attach")]  # API backends: the response cache, the budget, the folder
+    responses = ResponseCache(run.response_cache) if run.response_cache and api else None
+    try:
+        for backend in api:
+            backend.attach(responses, budget, shards_dir.parent)  # type: ignore[attr-defined]
+    except BaseException:
+        for backend in unique:
+            await backend.aclose()
+        if responses is not None:
+            responses.close()
+        raise
     scheduler, router = SCHEDULERS.build(job.scheduler), ROUTERS.build(job.router)
     encoder, cache = _encoder_and_cache(job, run, router)
     judge = _judge(job, run) if is_judged(benchmark) else None
@@ -177,6 +272,8 @@ async def _play_all(
                 stats.new += 1
                 stats.errors += record.has_error
                 stats.calls += record.n_calls
+                stats.cached_calls += record.cached_calls
+                stats.cost_usd += record.cost_usd
                 bar.update(1)
                 bar.set_postfix(errors=stats.errors, refresh=False)
 
@@ -188,14 +285,20 @@ async def _play_all(
                 stats.decode_s += reader.decode_s
                 stats.note_calls += system.notes.n_calls
                 stats.calls += system.notes.n_calls
+                stats.cached_calls += system.notes.cached_calls
+                stats.cost_usd += system.notes.cost_usd
                 if tokens is not None:
                     tokens.close()
 
     try:
         await asyncio.gather(*(stream(i, s) for i, s in todo))
     finally:
-        for each in {id(b): b for b in route_backends.values()}.values():
+        for each in unique:
             await each.aclose()
+            stats.retries.update(getattr(each, "retries", {}))
+            stats.batches_pending += getattr(each, "batches_pending", ())
+        if responses is not None:
+            responses.close()
         if judge is not None:
             await judge.aclose()
             stats.judge_calls, stats.judge_cached = judge.calls, judge.cached
@@ -302,6 +405,7 @@ def _record(
         visual_tokens=usage.visual_tokens,
         ttft_s=usage.ttft_s,
         n_calls=usage.n_calls,
+        cached_calls=usage.cached_calls,
         cost_usd=usage.cost_usd,
         response_time_s=outcome.response_time_s,
         subscores=subscores,
@@ -369,6 +473,22 @@ def _manifest(out_dir: Path, config_hash: str) -> dict[str, Any]:
     return manifest
 
 
+def _budget_note(run: RunConfig, budget: Budget, unasked: int) -> dict[str, Any] | None:
+    """The manifest's record of a budget stop (None: the budget, if any, was not reached)."""
+    if not budget.reached:
+        return None
+    return {"budget_usd": run.budget_usd, "spent_usd_total": round(budget.total_usd, 6), "unasked": unasked}
+
+
+def _spent_before(out_dir: Path) -> float | None:
+    """What earlier runs into this folder paid (their manifest); None where no manifest says."""
+    try:
+        value = json.loads((out_dir / "manifest.json").read_text()).get("spent_usd_total")
+    except (OSError, ValueError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
@@ -382,7 +502,13 @@ def _write_summary(
 ) -> None:
     store.write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
     table = markdown(table_headers(tasks, robust), [table_row(label, "done", summary, tasks, robust)])
-    (out_dir / "summary.md").write_text(f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n")
+    calls = (
+        f"{summary['model_calls']} model calls ({summary['cached_calls']} served from the response cache), "
+        f"${summary['cost_usd']:.4f} at the configured prices."
+    )
+    (out_dir / "summary.md").write_text(
+        f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n{calls}\n"
+    )
 
 
 def _now() -> str:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from backends.base import BACKENDS
 from harness.benchmarks.base import DATASETS
-from harness.errors import BackendError, ConfigError
+from harness.errors import ConfigError, RateLimitError, ServerError
 from harness.judge import Judge, JudgeConfig, JudgePrompt
 from harness.records import Frame, Request, Turn
 from harness.response_cache import ResponseCache
@@ -173,26 +173,33 @@ def test_a_job_without_the_key_stops_before_any_call(openai_server, monkeypatch,
     assert store.read_job(tmp_path / "job") == []
 
 
-@pytest.mark.parametrize(("status", "error_class"), [(500, "InternalServerError"), (429, "RateLimitError")])
-def test_an_http_error_is_one_call_and_a_backend_error_without_the_key(openai_server, monkeypatch, status, error_class):
+@pytest.mark.parametrize(
+    ("status", "sdk_error", "typed"),
+    [(500, "InternalServerError", ServerError), (429, "RateLimitError", RateLimitError)],
+)
+def test_an_http_error_is_retried_to_its_limit_then_a_typed_error_without_the_key(
+    openai_server, monkeypatch, status, sdk_error, typed
+):
     monkeypatch.setenv(KEY_ENV, KEY)
     # a server that echoes the credentials it got: the message must still not carry them
     openai_server.reply = lambda body: Reply(f"rejected key {KEY} for now", status=status, error_type="rate_limit")
-    with pytest.raises(BackendError) as raised:
-        asyncio.run(_generate(_backend(openai_server.url), Request(0.0, "S2", (), "Q")))
+    retry = {"server_tries": 2, "rate_limit_tries": 3, "base_s": 0.001}
+    with pytest.raises(typed) as raised:
+        asyncio.run(_generate(_backend(openai_server.url, retry=retry), Request(0.0, "S2", (), "Q")))
     message = str(raised.value)
-    assert error_class in message and f"HTTP {status}" in message and "rejected key" in message
+    assert sdk_error in message and f"HTTP {status}" in message and "rejected key" in message and "gave up" in message
     assert KEY not in message and raised.value.__cause__ is None and raised.value.__suppress_context__
-    assert len(openai_server.received) == 1  # the SDK did not retry
+    assert len(openai_server.received) == (2 if status == 500 else 3)  # our retries, none of the SDK's
 
 
-def test_an_unreachable_server_is_a_backend_error(monkeypatch):
+def test_an_unreachable_server_is_a_server_error_after_its_retries(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    with pytest.raises(BackendError, match="APIConnectionError"):
-        asyncio.run(_generate(_backend(f"http://127.0.0.1:{port}/v1", timeout_s=5.0), Request(0.0, "S2", (), "Q")))
+    backend = _backend(f"http://127.0.0.1:{port}/v1", timeout_s=5.0, retry={"server_tries": 2, "base_s": 0.001})
+    with pytest.raises(ServerError, match="APIConnectionError"):
+        asyncio.run(_generate(backend, Request(0.0, "S2", (), "Q")))
 
 
 def test_a_judge_through_the_openai_backend_is_asked_once_then_served_from_the_cache(
