@@ -29,6 +29,7 @@ from backends.api import (
     ProviderError,
     Reply,
     image_side,
+    request_texts,
     retry_after_s,
     status_kind,
 )
@@ -133,8 +134,7 @@ class AnthropicMessages(ApiBackend):
 
     def estimate_tokens(self, request: Request) -> int:
         """Text at CHARS_PER_TOKEN and each frame at width * height / 750 of the size it is sent at (estimates)."""
-        texts = [request.system, request.prompt, *request.context, *(f"[{f.time_s:.1f} s]" for f in request.frames)]
-        texts += [t for turn in request.history for t in (turn.question, turn.answer)]
+        texts = request_texts(request) + [f"[{f.time_s:.1f} s]" for f in request.frames]
         side = image_side(self.cfg, self.cfg.image_max_side)
         images = sum(math.ceil(w * h / PIXELS_PER_TOKEN) for w, h in (shrunk_size(f, side) for f in request.frames))
         return sum(math.ceil(len(t) / CHARS_PER_TOKEN) for t in texts if t) + images

@@ -586,3 +586,10 @@ class ApiBackend:
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "[key]") if self._key else text
+
+
+def request_texts(request: Request) -> list[str]:
+    """Every text a request sends besides frame labels (system, prompt, text memory, earlier turns): what the
+    providers' token estimates count."""
+    texts = [request.system, request.prompt, *request.context]
+    return texts + [t for turn in request.history for t in (turn.question, turn.answer)]

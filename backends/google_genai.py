@@ -37,6 +37,7 @@ from backends.api import (
     ProviderError,
     Reply,
     image_side,
+    request_texts,
     retry_after_s,
     status_kind,
 )
@@ -153,8 +154,7 @@ class GoogleGenAI(ApiBackend):
 
     def estimate_tokens(self, request: Request) -> int:
         """Text at CHARS_PER_TOKEN, IMAGE_TOKENS per inline frame or VIDEO_FRAME_TOKENS per video frame."""
-        texts = [request.system, request.prompt, *request.context]
-        texts += [t for turn in request.history for t in (turn.question, turn.answer)]
+        texts = request_texts(request)
         if self.cfg.send == Send.frames:
             texts += [f"[{f.time_s:.1f} s]" for f in request.frames]
             media = IMAGE_TOKENS * len(request.frames)

@@ -23,7 +23,16 @@ import numpy as np
 from omegaconf import MISSING
 from PIL import Image
 
-from backends.api import ApiBackend, ApiConfig, ProviderError, Reply, image_side, retry_after_s, status_kind
+from backends.api import (
+    ApiBackend,
+    ApiConfig,
+    ProviderError,
+    Reply,
+    image_side,
+    request_texts,
+    retry_after_s,
+    status_kind,
+)
 from backends.base import BACKENDS
 from harness.records import Frame, Request
 
@@ -123,8 +132,7 @@ class OpenAIChat(ApiBackend):
 
     def estimate_tokens(self, request: Request) -> int:
         """Text at CHARS_PER_TOKEN, per-message overhead, and each frame by the configured image rule."""
-        texts = [request.system, request.prompt, *request.context]
-        texts += [t for turn in request.history for t in (turn.question, turn.answer)]
+        texts = request_texts(request)
         texts += [f"[{f.time_s:.1f} s]" for f in request.frames]
         messages = 1 + bool(request.system) + 2 * len(request.history)
         side = image_side(self.cfg, self.cfg.image_max_side)
