@@ -27,7 +27,7 @@ import torch
 
 from backends.base import BACKENDS
 from backends.hf_vision_cache import REUSABLE, VisionCache
-from harness.encoders.checkpoint import Dtype
+from harness.encoders.checkpoint import Dtype, require_model_path
 from harness.errors import BackendError, ConfigError
 from harness.records import Frame, Request, Response
 
@@ -295,18 +295,7 @@ class _FirstToken:
 
 def _checkpoint(cfg: HFConfig) -> tuple[Path, str]:
     """The checkpoint folder and its model_type, or a ConfigError naming the key and the fix."""
-    if not cfg.model_path:
-        raise ConfigError(
-            "backend=hf: backend.model_path is not set. Pass backend.model_path=/path/to/checkpoint, a local folder "
-            "with config.json, the weights and the processor files (e.g. models/Qwen2.5-VL-7B-Instruct; nothing is "
-            "downloaded)"
-        )
-    folder = Path(cfg.model_path).expanduser()
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"backend=hf: backend.model_path={cfg.model_path}: no config.json there. It must be a local checkpoint "
-            "folder (config.json, *.safetensors, processor and tokenizer files), e.g. a hub snapshot"
-        )
+    folder = require_model_path("hf", cfg.model_path, group="backend")
     from transformers import AutoConfig
 
     model_type = str(AutoConfig.from_pretrained(folder, local_files_only=True).model_type)

@@ -32,6 +32,7 @@ from PIL import Image
 
 from backends.base import BACKENDS
 from backends.vllm_server import on_exit
+from harness.encoders.checkpoint import require_model_path
 from harness.errors import BackendError, ConfigError
 from harness.records import Frame, Request, Response
 
@@ -244,16 +245,7 @@ def engine_key(cfg: VLLMEngineConfig) -> str:
 
 
 def acquire(cfg: VLLMEngineConfig) -> _Engine:
-    if not cfg.model_path:
-        raise ConfigError(
-            "backend=vllm: backend.model_path is not set. Pass backend.model_path=/path/to/checkpoint, a local "
-            "folder with config.json, weights and processor files"
-        )
-    if not (Path(cfg.model_path).expanduser() / "config.json").is_file():
-        raise ConfigError(
-            f"backend=vllm: backend.model_path={cfg.model_path}: no config.json there. It must be a local "
-            "checkpoint folder; nothing is downloaded"
-        )
+    require_model_path("vllm", cfg.model_path, group="backend")
     key = engine_key(cfg)
     with _LOCK:
         engine = _ENGINES.get(key)

@@ -22,17 +22,17 @@ class Dtype(str, Enum):
     float16 = "float16"
 
 
-def require_model_path(encoder: str, model_path: str) -> Path:
-    """The checkpoint folder, or a ConfigError saying which key to set and to what."""
+def require_model_path(name: str, model_path: str, group: str = "encoder") -> Path:
+    """The checkpoint folder, or a ConfigError saying which key to set and to what (`group`: encoder, backend)."""
     if not model_path:
         raise ConfigError(
-            f"encoder={encoder}: encoder.model_path is not set. Pass encoder.model_path=/path/to/checkpoint, a local "
+            f"{group}={name}: {group}.model_path is not set. Pass {group}.model_path=/path/to/checkpoint, a local "
             "folder with config.json, the weights and the processor files (nothing is downloaded)"
         )
     folder = Path(model_path).expanduser()
     if not (folder / "config.json").is_file():
         raise ConfigError(
-            f"encoder={encoder}: encoder.model_path={model_path}: no config.json there. It must be a local checkpoint "
+            f"{group}={name}: {group}.model_path={model_path}: no config.json there. It must be a local checkpoint "
             "folder (config.json, *.safetensors, processor and tokenizer files), e.g. a hub snapshot"
         )
     return folder
