@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from backends.api import LimitsConfig
+from backends.api_limits import LimitsConfig
 from backends.base import BACKENDS
 from backends.openai_chat import ImageDetail, ImageFormat, OpenAIChat, OpenAIConfig
 from harness.errors import BackendError, ConfigError, ServerError

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from backends.api import Limiter, LimitsConfig, retry_after_s
+from backends.api import retry_after_s
+from backends.api_limits import Limiter, LimitsConfig
 from backends.base import BACKENDS
 from backends.openai_chat import ImageDetail, ImageTokenRule, ImageTokensConfig, image_tokens
 from harness.budget import Budget, BudgetExhausted
