@@ -55,6 +55,7 @@ class RunConfig:
     budget_usd: float | None = None  # stop the job cleanly once its API calls would cost more; null: no cap
     torch_threads: int | None = 1  # CPU threads per torch op; 1: streams already run in parallel; null: default
     scoring: Scoring = Scoring.official  # set from the top-level `scoring` key (what the tables show)
+    only_queries: str | None = None  # a file of query ids, one per line: only these are asked (a routing rerun)
 
 
 @dataclass
@@ -105,15 +106,27 @@ class Job:
         choices = (self.dataset, self.backend, self.router, self.memory, self.scheduler, self.encoder)
         out = {c.kind: _with_artifacts(answer_fields(c.config)) for c in choices}
         out["dataset"].pop("on_bad_item", None)  # which items run, never what they answer: same folder, same hash
+        if (asked := self.scheduler_backend()) is not None:
+            out["scheduler"]["backend"] = _with_artifacts(answer_fields(asked.config))
         out["system"] = system = plain(self.system)
         for route in ("s1", "s2"):  # a route's own backend, only where one is set: other jobs keep their hash
             node = system[route].pop("backend")
             if node is not None:
                 system[route]["backend"] = _with_artifacts(answer_fields(backends.BACKENDS.parse(node).config))
+            if system[route]["latency_model"] is None:  # added later: jobs without one keep their hash
+                del system[route]["latency_model"]
+        if not self.system.realtime:  # the realtime knobs change nothing when it is off: other jobs keep their hash
+            for key in ("realtime", "busy_policy", "latency"):
+                del system[key]
         if self.judge.backend is not None:  # only judged benchmarks have one; other jobs keep their hash
             judge_backend = answer_fields(self.judge_backend().config)
             out["judge"] = {**plain(self.judge), "backend": _with_artifacts(judge_backend)}
         return out
+
+    def scheduler_backend(self) -> Choice | None:
+        """The backend a scheduler asks (`scheduler=llm`), parsed like any backend; None for the others."""
+        node = getattr(self.scheduler.config, "backend", None)
+        return None if node is None else backends.BACKENDS.parse(node)
 
     def judge_backend(self) -> Choice:
         return backends.BACKENDS.parse(self.judge.backend)

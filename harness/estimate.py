@@ -1,7 +1,8 @@
 """`run.estimate=true`: what each job would ask and cost, printed before any model call; then nothing runs.
 
 Worked out from the configs and the samples alone (each video is only probed for its frame size):
-* a query is one call, on the route the job's scheduler gives it (the scheduler decides from the query);
+* a query is one call, on the route the job's scheduler gives it (the scheduler decides from the query); two
+  (S1 and S2) under `both`, a cascade (S2 counted as if always asked) or a policy that asks a model (`llm`);
 * a proactive query polls every `system.proactive.poll_s` from its first poll to the end of its poll window,
   or of the stream, then answers once: an upper bound, since polling stops when the trigger fires;
 * a text memory adds one S1 call per note (every `note_every_s` of stream played);
@@ -16,6 +17,7 @@ calls are not included. Backends that are not API backends cost nothing and repo
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 from collections.abc import Collection, Sequence
@@ -31,7 +33,7 @@ from harness.config import Job
 from harness.memory.base import MEMORIES
 from harness.records import Frame, Query, Request, Route, StreamSample, Turn
 from harness.registry import Choice
-from harness.scheduler import SCHEDULERS, Scheduler, StreamState
+from harness.scheduler import SCHEDULERS, Plan, Scheduler, StreamState
 from harness.simulator import answer_time
 from harness.system import Span
 
@@ -112,7 +114,8 @@ def estimate_job(
     job: Job, benchmark: Benchmark, samples: Sequence[StreamSample], recorded: Collection[str]
 ) -> Estimate:
     """The expected load of the unrecorded queries of `samples` under `job`; nothing is called."""
-    scheduler = SCHEDULERS.build(job.scheduler)
+    asks_model = getattr(SCHEDULERS.implementation(job.scheduler.name), "needs_backend", False)
+    scheduler = None if asks_model else SCHEDULERS.build(job.scheduler)  # never a model call in an estimate
     note_every_s = MEMORIES.build(job.memory).note_every_s
     backends = {route: _estimator(choice) for route, choice in job.route_backends().items()}
     routes = {route: RouteLoad(_describe(job, route)) for route in backends}
@@ -165,17 +168,19 @@ class _Stream:
         self.official = job.system.span == Span.official
         self.by_id = {q.id: q for q in sample.queries}
 
-    def query(self, query: Query, scheduler: Scheduler) -> float:
+    def query(self, query: Query, scheduler: Scheduler | None) -> float:
         """Adds the query's calls; returns the stream time the simulator plays to for it."""
         now_s = answer_time(query, self.official)
         start_s = query.clip_start_s if self.official else None
         lo, hi = self._span(now_s, start_s)
-        route = scheduler.route(query, StreamState(now_s=now_s, memory_frames=max(0, hi - lo))).route
+        routes = _routes(scheduler, query, StreamState(now_s=now_s, memory_frames=max(0, hi - lo)))
         prompt, history = self.benchmark.prompt(query), self._history(query)
         if query.kind != "proactive" or query.trigger is None:
-            self._call(route, now_s, start_s, prompt, history, self._max_new_tokens(route))
+            for route in routes:
+                self._call(route, now_s, start_s, prompt, history, self._max_new_tokens(route))
             self.estimate.answers += 1
             return now_s
+        route = routes[0]
         poll_s = self.cfg.proactive.poll_s
         at = max(now_s, query.poll_window_s[0]) if query.poll_window_s is not None else now_s
         last = query.poll_window_s[1] if query.poll_window_s is not None else math.inf
@@ -186,7 +191,8 @@ class _Stream:
             self.estimate.polls += 1
             polled, at = at, round(at + poll_s, 6)
         if polled is not None:  # at most one answer: counted as if the trigger fired at the last poll
-            self._call(route, polled, start_s, prompt, history, self._max_new_tokens(route))
+            for route in routes:
+                self._call(route, polled, start_s, prompt, history, self._max_new_tokens(route))
             self.estimate.answers += 1
         return at
 
@@ -286,3 +292,13 @@ def _describe(job: Job, route: str) -> str:
     choice = job.route_backends()[route]
     model = getattr(choice.config, "model", None)
     return f"{choice.name} {model}" if model else choice.name
+
+
+def _routes(scheduler: Scheduler | None, query: Query, state: StreamState) -> tuple[Route, ...]:
+    """The routes that may answer `query`: an upper bound where only a reply decides (a cascade's S2, or the
+    route a model-asking policy picks (None here), which the estimate does not ask; its own short calls are not
+    counted)."""
+    if scheduler is None:
+        return ("S1", "S2")
+    decision = asyncio.run(scheduler.route(query, state))
+    return (decision.route,) if decision.plan == Plan.one else ("S1", "S2")

@@ -92,6 +92,7 @@ class Request:
     context: tuple[str, ...] = ()  # text memory shown with the frames, e.g. "[12.0 s] A red circle."
     max_new_tokens: int = 32
     system: str = ""  # a system instruction, for backends that take one (judges use it)
+    want_confidence: bool = False  # cascade: the backend should set Response.confidence where it can
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +109,9 @@ class Response:
     visual_tokens: int = 0  # tokens the frames became in the model's input, where the backend knows
     ttft_s: float | None = None  # time to first token, where the backend measures it
     cached: bool = False  # served from the response cache: nothing was asked or paid this time
+    # the model's confidence in this reply, 0..1 (exp of the mean token log-probability), where the backend
+    # gives one and the request asked for it (`want_confidence`); None: a cascade asks the model to say it
+    confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,16 @@ class ResultRecord:
     # the defaults below are what an error record holds: nothing was answered
     route: Route | None = None  # None when the query failed before it was routed
     route_reason: str = ""
+    route_score: float | None = None  # the number behind the choice (similarity gap, P(S2), S1's confidence)
+    policy: str = ""  # the scheduler that decided (force_s1, rule, semantic, classifier, llm, cascade, both)
+    question: str = ""  # the query's text (misroute examples, scheduler training)
+    features: Mapping[str, float | None] = field(default_factory=dict)  # stream state the scheduler saw
+    # per path: "scheduler" (a policy's own model calls) and each route that answered ("S1", "S2"): usage
+    # (n_calls, latency_s, modelled_latency_s, tokens_in, tokens_out, visual_tokens, cost_usd, cached_calls) and,
+    # for routes, the answer (response, parsed, score, confidence, response_time_s); the top-level fields are
+    # the kept route's answer and the sum over paths
+    paths: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    answered_at_s: float | None = None  # system.realtime: stream time the answer was out (asked + wait + latency)
     frame_times_s: tuple[float, ...] = ()  # what the model saw for the answer: provenance, leakage check
     response: str | None = None  # raw text of the answering call
     parsed: str | None = None

@@ -1,4 +1,9 @@
-"""Schedulers decide per query whether S1 (recent window) or S2 (memory + router) answers."""
+"""Schedulers decide per query whether S1 (recent window) or S2 (memory + router) answers.
+
+A decision is a plan: one route answers (`one`), both answer and one answer is kept (`both`, the input of
+offline policy simulation), or S1 answers and S2 only when S1 is unsure (`cascade`). Policies that ask a
+model (`llm`) return its calls with the decision, so they are recorded and costed like the answers.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from enum import Enum
 from typing import Protocol
 
 from harness.errors import ConfigError
-from harness.records import Query, Route
+from harness.records import Query, Response, Route
 from harness.registry import Registry
 
 
@@ -22,16 +27,32 @@ class StreamState:
 
     now_s: float
     memory_frames: int
+    since_scene_change_s: float | None = None  # None: no scene change seen yet in this stream
+
+    def features(self) -> dict[str, float | None]:
+        """What the record keeps of the state, for scheduler training and analysis."""
+        return {"memory_frames": float(self.memory_frames), "since_scene_change_s": self.since_scene_change_s}
+
+
+class Plan(str, Enum):
+    one = "one"  # only `route` answers
+    both = "both"  # S1 and S2 answer; `route`'s answer is the record's answer, the other is kept beside it
+    cascade = "cascade"  # S1 answers; when its confidence is below `threshold`, S2 answers too and wins
 
 
 @dataclass(frozen=True)
 class Decision:
-    route: Route
+    route: Route  # whose answer the record keeps (cascade: S1 until it escalates)
     reason: str  # recorded with the answer, for misroute analysis
+    score: float | None = None  # the number behind the choice (similarity gap, P(S2), S1's confidence)
+    plan: Plan = Plan.one
+    threshold: float | None = None  # cascade: S1's confidence below this escalates to S2
+    confidence_prompt: str = ""  # cascade: appended to S1's prompt where its backend gives no log-probabilities
+    calls: tuple[Response, ...] = ()  # the policy's own model calls (llm), recorded as the "scheduler" path
 
 
 class Scheduler(Protocol):
-    def route(self, query: Query, state: StreamState) -> Decision: ...
+    async def route(self, query: Query, state: StreamState) -> Decision: ...
 
 
 SCHEDULERS: Registry[Scheduler] = Registry("scheduler")
@@ -68,7 +89,7 @@ class ForceS1:
     def __init__(self, cfg: ForceS1Config) -> None:
         self.cfg = cfg
 
-    def route(self, query: Query, state: StreamState) -> Decision:
+    async def route(self, query: Query, state: StreamState) -> Decision:
         return Decision("S1", "forced")
 
 
@@ -77,7 +98,7 @@ class ForceS2:
     def __init__(self, cfg: ForceS2Config) -> None:
         self.cfg = cfg
 
-    def route(self, query: Query, state: StreamState) -> Decision:
+    async def route(self, query: Query, state: StreamState) -> Decision:
         return Decision("S2", "forced")
 
 
@@ -86,7 +107,7 @@ class RuleScheduler:
     def __init__(self, cfg: RuleConfig) -> None:
         self.cfg = cfg
 
-    def route(self, query: Query, state: StreamState) -> Decision:
+    async def route(self, query: Query, state: StreamState) -> Decision:
         text = query.text.lower()
         for number, rule in enumerate(self.cfg.rules, start=1):
             if rule.task is not None and rule.task != query.task:
@@ -165,14 +186,64 @@ class SemanticScheduler:
             raise ConfigError(f"scheduler=semantic (scheduler.model_path): {e}") from None
         self._prototypes = {r.value: self._embedder.embed(getattr(cfg.prototypes, r.value)) for r in RouteName}
 
-    def route(self, query: Query, state: StreamState) -> Decision:
+    async def route(self, query: Query, state: StreamState) -> Decision:
         question = self._embedder.embed_one(query.text)
         s1, s2 = (float((self._prototypes[r] @ question).max()) for r in ("S1", "S2"))
+        gap = round(s2 - s1, 6)  # > 0 leans to S2
         if abs(s1 - s2) <= self.cfg.margin:
             return Decision(
                 RouteName(self.cfg.default).value,  # type: ignore[arg-type]
                 f"semantic: S1 {s1:.2f} vs S2 {s2:.2f} within margin {self.cfg.margin:g}, default",
+                gap,
             )
         if s2 > s1:
-            return Decision("S2", f"semantic: S2 {s2:.2f} vs S1 {s1:.2f}")
-        return Decision("S1", f"semantic: S1 {s1:.2f} vs S2 {s2:.2f}")
+            return Decision("S2", f"semantic: S2 {s2:.2f} vs S1 {s1:.2f}", gap)
+        return Decision("S1", f"semantic: S1 {s1:.2f} vs S2 {s2:.2f}", gap)
+
+
+@dataclass(frozen=True)
+class BothConfig:
+    name: str = "both"
+    keep: RouteName = RouteName.S2  # whose answer is the record's answer; the other is kept in `paths`
+
+
+@SCHEDULERS.register("both", BothConfig)
+class BothScheduler:
+    """Asks S1 and S2 every query: the run from which `analysis routing simulate` replays any policy offline."""
+
+    def __init__(self, cfg: BothConfig) -> None:
+        self.cfg = cfg
+
+    async def route(self, query: Query, state: StreamState) -> Decision:
+        keep = RouteName(self.cfg.keep).value
+        return Decision(keep, f"both: {keep} kept", plan=Plan.both)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    name: str = "cascade"
+    threshold: float = 0.7  # S1's confidence (0..1) below this escalates to S2
+    # asked of a backend that gives no token log-probabilities; its reply's last line is read, then removed
+    confidence_prompt: str = (
+        "After your answer, add one last line 'Confidence: N', where N from 0 to 100 is how sure you are."
+    )
+
+
+@SCHEDULERS.register("cascade", CascadeConfig)
+class CascadeScheduler:
+    """S1 first; S2 only when S1 is unsure (token log-probability where the backend gives it, else the
+    confidence S1 states). Both calls are recorded; the escalation is decided by the system after S1's reply."""
+
+    def __init__(self, cfg: CascadeConfig) -> None:
+        if not 0.0 <= cfg.threshold <= 1.0:
+            raise ConfigError(f"scheduler=cascade: threshold must be in 0..1 (a confidence), got {cfg.threshold}")
+        self.cfg = cfg
+
+    async def route(self, query: Query, state: StreamState) -> Decision:
+        return Decision(
+            "S1", "cascade: S1 first", plan=Plan.cascade, threshold=self.cfg.threshold,
+            confidence_prompt=self.cfg.confidence_prompt,
+        )
+
+
+from harness import scheduler_learned, scheduler_llm  # noqa: E402,F401  (register the classifier and llm policies)

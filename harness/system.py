@@ -4,27 +4,57 @@ A `StreamSystem` holds everything that belongs to one stream (recent frames, mem
 tokens, its own earlier answers) and talks to the shared backend, scheduler and router of the job.
 S2 is shown the frames the memory expands the router's choice into, plus the text memory's notes
 that match the query; a memory that offers no frames leaves S2 with what S1 sees.
+The scheduler's decision is a plan (harness/scheduler.py): one route, both routes, or S1 with S2 when
+S1 is unsure (cascade). Every model call adds its latency (measured, or modelled with
+`system.latency=modelled`) to `compute_s`, the clock a realtime simulation charges the stream for.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
+
+import cv2
+import numpy as np
 
 from backends.base import Backend
 from harness.benchmarks.base import Benchmark
 from harness.budget import BudgetExhausted
 from harness.embedding_cache import StreamTokens
+from harness.errors import ConfigError
 from harness.memory.base import Memory, MemoryUsage, Note
 from harness.records import Frame, Query, Request, Response, Route, Turn
 from harness.routers.base import Router
-from harness.scheduler import Decision, Scheduler, StreamState
+from harness.scheduler import Decision, Plan, Scheduler, StreamState
 
 log = logging.getLogger(__name__)
+
+
+SCENE_CHANGE = 0.12  # mean absolute change of a 16x16 grey thumbnail (0..1) that counts as a scene change
+_CONFIDENCE_LINE = re.compile(r"^\s*confidence\s*[:=]\s*(\d+(?:\.\d+)?)\s*%?\s*$", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """A deployment's cost of one call, so a CPU run can emulate a GPU one (`system.latency=modelled`)."""
+
+    base_s: float = 0.0
+    per_frame_s: float = 0.0
+    per_visual_token_s: float = 0.0
+    per_output_token_s: float = 0.0
+
+    def seconds(self, frames: int, response: Response) -> float:
+        return (
+            self.base_s
+            + self.per_frame_s * frames
+            + self.per_visual_token_s * response.visual_tokens
+            + self.per_output_token_s * response.tokens_out
+        )
 
 
 @dataclass(frozen=True)
@@ -33,6 +63,7 @@ class S1Config:
     max_frames: int = 8
     max_new_tokens: int = 32
     backend: Any = None  # a backend node of its own (`backend@system.s1.backend=hf`); None: the job's backend
+    latency_model: LatencyModel | None = None  # None: the backend's own model, where it has one (reference)
 
 
 @dataclass(frozen=True)
@@ -40,11 +71,22 @@ class S2Config:
     max_frames: int = 16  # the router picks up to this many frames from memory
     max_new_tokens: int = 64
     backend: Any = None  # as for S1
+    latency_model: LatencyModel | None = None  # as for S1
 
 
 @dataclass(frozen=True)
 class ProactiveConfig:
     poll_s: float = 1.0  # a proactive query's trigger question is asked this often
+
+
+class BusyPolicy(str, Enum):
+    queue = "queue"  # frames arriving while a path computes are ingested when it frees
+    drop = "drop"  # ... are lost: neither memory nor the recent window ever sees them
+
+
+class LatencySource(str, Enum):
+    measured = "measured"  # the calls' wall time on this machine
+    modelled = "modelled"  # the route's latency model (or the backend's): emulates another deployment
 
 
 class Span(str, Enum):
@@ -62,11 +104,16 @@ class SystemConfig:
     s2: S2Config = field(default_factory=S2Config)
     proactive: ProactiveConfig = field(default_factory=ProactiveConfig)
     caption_prompt: str = "Describe what is on screen now in one sentence."  # S1's notes for a text memory
+    # realtime: the stream does not wait for the model. An answer is out at (start + latency), a query or poll
+    # arriving while the system computes starts when it frees, and frames arriving meanwhile follow busy_policy
+    realtime: bool = False
+    busy_policy: BusyPolicy = BusyPolicy.queue
+    latency: LatencySource = LatencySource.measured  # which latency the realtime clock charges
 
 
 @dataclass
 class Usage:
-    """Sum over the backend calls made for one query."""
+    """Sum over the backend calls of one path (a route, or the scheduler's own calls) for one query."""
 
     n_calls: int = 0
     latency_s: float = 0.0
@@ -78,7 +125,7 @@ class Usage:
     cost_usd: float = 0.0
     cached_calls: int = 0  # served from the response cache
 
-    def add(self, response: Response) -> None:
+    def add(self, response: Response, modelled_s: float | None = None) -> None:
         self.n_calls += 1
         self.latency_s += response.latency_s
         self.tokens_in += response.tokens_in
@@ -87,20 +134,75 @@ class Usage:
         self.ttft_s = response.ttft_s
         self.cost_usd += response.cost_usd
         self.cached_calls += response.cached
-        if response.modelled_latency_s is not None:
-            self.modelled_latency_s = (self.modelled_latency_s or 0.0) + response.modelled_latency_s
+        modelled_s = response.modelled_latency_s if modelled_s is None else modelled_s
+        if modelled_s is not None:
+            self.modelled_latency_s = (self.modelled_latency_s or 0.0) + modelled_s
+
+    def merge(self, other: Usage) -> None:
+        """Adds another path's sums (the record's totals are the sum over its paths)."""
+        self.n_calls += other.n_calls
+        self.latency_s += other.latency_s
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.visual_tokens += other.visual_tokens
+        self.cost_usd += other.cost_usd
+        self.cached_calls += other.cached_calls
+        if other.ttft_s is not None:
+            self.ttft_s = other.ttft_s
+        if other.modelled_latency_s is not None:
+            self.modelled_latency_s = (self.modelled_latency_s or 0.0) + other.modelled_latency_s
+
+
+@dataclass
+class PathAnswer:
+    """One route's answer to a query, with what it cost."""
+
+    text: str | None  # None: a proactive query whose trigger never fired on this route
+    frame_times_s: tuple[float, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    confidence: float | None = None  # asked for by a cascade (or recorded by `both` where free)
+    response_time_s: float | None = None  # proactive: stream time of the answer
+    answered_at_s: float | None = None  # realtime: stream time the answer was out
 
 
 @dataclass
 class Answer:
-    """What the system produced for one query (before parsing and scoring)."""
+    """What the system produced for one query (before parsing and scoring): the kept route's answer and the
+    others' (`both`, an escalated cascade), and the scheduler's own calls."""
 
-    decision: Decision
-    text: str | None  # None: a proactive query whose trigger never fired
-    frame_times_s: tuple[float, ...]
-    usage: Usage
+    decision: Decision  # final: an escalated cascade says S2
+    paths: dict[Route, PathAnswer]
     memory: MemoryUsage
-    response_time_s: float | None = None
+    features: dict[str, float | None] = field(default_factory=dict)
+    scheduler: Usage = field(default_factory=Usage)
+
+    @property
+    def kept(self) -> PathAnswer:
+        return self.paths[self.decision.route]
+
+    @property
+    def text(self) -> str | None:
+        return self.kept.text
+
+    @property
+    def frame_times_s(self) -> tuple[float, ...]:
+        return self.kept.frame_times_s
+
+    @property
+    def response_time_s(self) -> float | None:
+        return self.kept.response_time_s
+
+    @property
+    def answered_at_s(self) -> float | None:
+        return self.kept.answered_at_s
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for path in (self.scheduler, *(p.usage for p in self.paths.values())):
+            total.merge(path)
+        total.ttft_s = self.kept.usage.ttft_s
+        return total
 
 
 class StreamSystem:
@@ -125,9 +227,13 @@ class StreamSystem:
         self._answers: dict[str, Turn] = {}  # query id -> (prompt, own answer)
         self._follows: dict[str, str | None] = {}  # query id -> the query it refers to
         self._next_note_s = memory.note_every_s
+        self._thumbnail: np.ndarray | None = None
+        self._scene_change_s: float | None = None
         self.notes = Usage()  # calls S1 made to write text-memory notes
+        self.compute_s = 0.0  # latency of every call so far (cfg.latency): what realtime charges
 
     async def observe(self, frame: Frame) -> None:
+        self._see_scene(frame)
         tokens = await self._tokens.frame(frame) if self._tokens is not None else None
         self._memory.ingest(frame, tokens)
         self._recent.append(frame)
@@ -142,38 +248,111 @@ class StreamSystem:
         self._answers[query.id] = Turn(self._benchmark.prompt(query), answer)
         self._follows[query.id] = query.follows
 
-    def decide(self, query: Query, now_s: float) -> Decision:
-        state = StreamState(now_s=now_s, memory_frames=self._memory.usage().frames)
-        return self._scheduler.route(query, state)
+    async def decide(self, query: Query, now_s: float) -> tuple[Decision, dict[str, float | None]]:
+        """The scheduler's plan for `query`, and the stream features it was given (kept in the record)."""
+        since = None if self._scene_change_s is None else round(now_s - self._scene_change_s, 6)
+        state = StreamState(now_s=now_s, memory_frames=self._memory.usage().frames, since_scene_change_s=since)
+        decision = await self._scheduler.route(query, state)
+        for response in decision.calls:  # the policy's own model calls take compute time too
+            measured = self.cfg.latency == LatencySource.measured
+            self.compute_s += response.latency_s if measured else (response.modelled_latency_s or 0.0)
+        return decision, state.features()
 
-    async def ask(self, query: Query, decision: Decision, now_s: float, usage: Usage) -> Answer:
-        """Answer `query` at stream time now_s on the decided route."""
-        frames, context = await self._inputs(query, decision.route, now_s)
-        request = Request(
-            time_s=now_s,
-            route=decision.route,
-            frames=frames,
-            prompt=self._benchmark.prompt(query),
-            history=self._history(query),
-            context=context,
-            max_new_tokens=self._max_new_tokens(decision.route),
-        )
-        response = await self._backends[decision.route].generate(request)
-        usage.add(response)
-        self.remember(query, response.text)
-        return Answer(decision, response.text, tuple(f.time_s for f in frames), usage, self._memory.usage())
+    def scheduler_usage(self, decision: Decision) -> Usage:
+        usage = Usage()
+        for response in decision.calls:
+            usage.add(response)
+        return usage
 
-    async def poll(self, query: Query, decision: Decision, now_s: float, usage: Usage) -> bool:
-        """Ask a proactive query's trigger question; True when the system says "now"."""
+    async def answer(
+        self, query: Query, decision: Decision, now_s: float, polled: Mapping[Route, Usage] | None = None
+    ) -> tuple[Decision, dict[Route, PathAnswer]]:
+        """Answer `query` at stream time now_s on the decision's plan; returns the final decision (an escalated
+        cascade says S2) and each route's answer. `polled`: a proactive query's poll calls so far, by route."""
+        polled = polled or {}
+        if decision.plan == Plan.both:
+            paths = {r: await self._ask(query, r, now_s, polled.get(r), want_confidence=True) for r in ("S1", "S2")}
+        elif decision.plan == Plan.cascade:
+            first = await self._ask(query, "S1", now_s, polled.get("S1"), decision.confidence_prompt or None)
+            paths = {"S1": first}
+            confidence, threshold = first.confidence, decision.threshold or 0.0
+            shown = "unstated" if confidence is None else f"{confidence:.2f}"
+            if confidence is not None and confidence >= threshold:
+                reason = f"cascade: S1 confidence {shown} >= {threshold:g}"
+                decision = replace(decision, reason=reason, score=confidence)
+            else:
+                paths["S2"] = await self._ask(query, "S2", now_s, polled.get("S2"))
+                reason = f"cascade: S1 confidence {shown} < {threshold:g}, S2 answered"
+                decision = replace(decision, route="S2", reason=reason, score=confidence)
+        else:
+            paths = {decision.route: await self._ask(query, decision.route, now_s, polled.get(decision.route))}
+        kept = paths[decision.route].text
+        if kept is not None:
+            self.remember(query, kept)
+        return decision, paths
+
+    async def poll(self, query: Query, route: Route, now_s: float, usage: Usage) -> bool:
+        """Ask a proactive query's trigger question on `route`; True when the system says "now"."""
         assert query.trigger is not None
-        frames, context = await self._inputs(query, decision.route, now_s)
-        request = Request(now_s, decision.route, frames, query.trigger, context=context, max_new_tokens=4)
-        response = await self._backends[decision.route].generate(request)
-        usage.add(response)
+        frames, context = await self._inputs(query, route, now_s)
+        request = Request(now_s, route, frames, query.trigger, context=context, max_new_tokens=4)
+        response = await self._call(route, request, usage)
         return self._benchmark.fired(response.text)
 
     def memory_usage(self) -> MemoryUsage:
         return self._memory.usage()
+
+    async def _ask(
+        self,
+        query: Query,
+        route: Route,
+        now_s: float,
+        usage: Usage | None = None,
+        confidence_prompt: str | None = None,
+        want_confidence: bool = False,
+    ) -> PathAnswer:
+        """One route's answer. `confidence_prompt`: a cascade's S1, which needs a confidence: the backend's own
+        where it gives one, else the model is asked to state it (read from, then cut off, its reply)."""
+        usage = usage if usage is not None else Usage()
+        frames, context = await self._inputs(query, route, now_s)
+        backend = self._backends[route]
+        gives = getattr(backend, "gives_confidence", False)
+        prompt = self._benchmark.prompt(query)
+        if confidence_prompt is not None and not gives:
+            prompt = f"{prompt}\n{confidence_prompt}"
+        request = Request(
+            time_s=now_s,
+            route=route,
+            frames=frames,
+            prompt=prompt,
+            history=self._history(query),
+            context=context,
+            max_new_tokens=self._max_new_tokens(route),
+            want_confidence=gives and (want_confidence or confidence_prompt is not None),
+        )
+        response = await self._call(route, request, usage)
+        text, confidence = response.text, response.confidence
+        if confidence_prompt is not None and not gives:
+            text, confidence = stated_confidence(text)
+        return PathAnswer(text, tuple(f.time_s for f in frames), usage, confidence)
+
+    async def _call(self, route: Route, request: Request, usage: Usage) -> Response:
+        """Every model call of the system: counted in `usage` and charged to the realtime clock."""
+        response = await self._backends[route].generate(request)
+        latency_model = self._route_cfg(route).latency_model
+        modelled = latency_model.seconds(len(request.frames), response) if latency_model is not None else None
+        usage.add(response, modelled)
+        if self.cfg.latency == LatencySource.measured:
+            self.compute_s += response.latency_s
+        else:
+            modelled = response.modelled_latency_s if modelled is None else modelled
+            if modelled is None:
+                raise ConfigError(
+                    f"system.latency=modelled: the {route} backend has no latency model; set "
+                    f"system.{route.lower()}.latency_model.{{base_s,per_frame_s,per_visual_token_s,per_output_token_s}}"
+                )
+            self.compute_s += modelled
+        return response
 
     async def _inputs(self, query: Query, route: Route, now_s: float) -> tuple[tuple[Frame, ...], tuple[str, ...]]:
         """The frames (and text memory) a route shows the model for `query` at now_s."""
@@ -198,13 +377,12 @@ class StreamSystem:
         recent = tuple(self._recent)[-self.cfg.s1.max_frames :]
         request = Request(now_s, "S1", recent, self.cfg.caption_prompt, max_new_tokens=self.cfg.s1.max_new_tokens)
         try:
-            response = await self._backends["S1"].generate(request)
-        except BudgetExhausted:
+            response = await self._call("S1", request, self.notes)
+        except (BudgetExhausted, ConfigError):
             raise  # not a lost note: the stream stops here (the simulator's rule)
         except Exception as e:  # a lost note costs the memory one entry, not the stream
             log.warning("text memory: no note at %.1f s (%s: %s)", now_s, type(e).__name__, e)
             return
-        self.notes.add(response)
         self._memory.add_note(Note(now_s, response.text))
 
     def _history(self, query: Query) -> tuple[Turn, ...]:
@@ -219,4 +397,26 @@ class StreamSystem:
         return tuple(reversed(turns))
 
     def _max_new_tokens(self, route: Route) -> int:
-        return self.cfg.s1.max_new_tokens if route == "S1" else self.cfg.s2.max_new_tokens
+        return self._route_cfg(route).max_new_tokens
+
+    def _route_cfg(self, route: Route) -> S1Config | S2Config:
+        return self.cfg.s1 if route == "S1" else self.cfg.s2
+
+    def _see_scene(self, frame: Frame) -> None:
+        """Notes when the picture changes a lot (a cut): `since_scene_change_s` is a scheduler feature."""
+        grey = cv2.cvtColor(np.ascontiguousarray(frame.pixels), cv2.COLOR_RGB2GRAY)
+        thumbnail = cv2.resize(grey, (16, 16), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        if self._thumbnail is not None and float(np.abs(thumbnail - self._thumbnail).mean()) > SCENE_CHANGE:
+            self._scene_change_s = frame.time_s
+        self._thumbnail = thumbnail
+
+
+def stated_confidence(text: str) -> tuple[str, float | None]:
+    """A reply's own 'Confidence: N' line (0..100), read and removed; None where the model gave none."""
+    found = list(_CONFIDENCE_LINE.finditer(text))
+    if not found:
+        return text, None
+    last = found[-1]
+    value = float(last[1])
+    confidence = min(1.0, value / 100.0) if value > 1.0 else value  # "0.8" and "80" both mean 80 %
+    return (text[: last.start()] + text[last.end() :]).strip(), confidence

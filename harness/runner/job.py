@@ -47,7 +47,7 @@ from harness.runner import store
 from harness.runner.plan import by_shard, shards_to_run
 from harness.scheduler import SCHEDULERS
 from harness.simulator import answer_time, play
-from harness.system import Answer, Span, StreamSystem
+from harness.system import Answer, PathAnswer, Span, StreamSystem
 from harness.video import FrameReader
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,8 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     budget = Budget(run.budget_usd, spent_before)
     planned = shards_to_run(shard.count, shard.index)
     grouped = by_shard(samples, shard.count)
-    todo = [(i, s) for i in planned for s in grouped[i] if any(q.id not in existing for q in s.queries)]
+    only = _only_queries(run.only_queries)
+    todo = [(i, s) for i in planned for s in grouped[i] if any(_wanted(q.id, existing, only) for q in s.queries)]
     reused = sum(q.id in existing for i in planned for s in grouped[i] for q in s.queries)
     label = out_dir.name
 
@@ -98,15 +99,18 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         # one intra-op pool per op while several streams run at once: 7x slower on 2 cores (text memory job)
         torch.set_num_threads(run.torch_threads)
     stats = _Stats()
-    n_queries = sum(q.id not in existing for _, s in todo for q in s.queries)
+    n_queries = sum(_wanted(q.id, existing, only) for _, s in todo for q in s.queries)
     if todo:
         with tqdm(total=n_queries, desc=label, unit="query", disable=not run.progress) as bar:
             asyncio.run(
-                _play_all(job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats, budget)
+                _play_all(
+                    job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats, budget, only
+                )
             )
     stopped = budget.reached or bool(stats.batches_pending)
-    if not stopped:  # a shard is done only when every query has its record
-        for index in planned:
+    recorded = existing.keys() | stats.written.keys()
+    for index in planned:  # a shard is done only when every query has its record (not so after run.only_queries)
+        if not stopped and all(q.id in recorded for s in grouped[index] for q in s.queries):
             path = shards_dir / f"{store.shard_stem(index, shard.count)}.done"
             store.write_json(path, {"config_hash": config_hash, "samples": len(grouped[index])})
 
@@ -233,9 +237,11 @@ async def _play_all(
     bar: tqdm,
     stats: _Stats,
     budget: Budget,
+    only: frozenset[str] | None = None,
 ) -> None:
-    route_backends = _route_backends(job)
-    unique = list({id(b): b for b in route_backends.values()}.values())
+    backends = _backends(job)
+    route_backends = {route: backends[route] for route in ("S1", "S2")}
+    unique = list({id(b): b for b in backends.values()}.values())
     api = [b for b in unique if hasattr(b, "attach")]  # API backends: the response cache, the budget, the folder
     responses = ResponseCache(run.response_cache) if run.response_cache and api else None
     try:
@@ -247,7 +253,8 @@ async def _play_all(
         if responses is not None:
             responses.close()
         raise
-    scheduler, router = SCHEDULERS.build(job.scheduler), ROUTERS.build(job.router)
+    scheduler_args = (backends["scheduler"],) if "scheduler" in backends else ()
+    scheduler, router = SCHEDULERS.build(job.scheduler, *scheduler_args), ROUTERS.build(job.router)
     encoder, cache = _encoder_and_cache(job, run, router)
     judge = _judge(job, run) if is_judged(benchmark) else None
     writers = {i: store.ShardWriter(shards_dir / f"{store.shard_stem(i, count)}.jsonl") for i, _ in todo}
@@ -262,11 +269,14 @@ async def _play_all(
             system = StreamSystem(job.system, route_backends, scheduler, router, memory, benchmark, tokens)
 
             async def emit(query: Query, outcome: Answer | Exception) -> None:
-                verdict, outputs = None, {}
-                if judge is not None and not isinstance(outcome, Exception) and outcome.text is not None:
-                    verdict, outputs = await _judged(judge, benchmark, query, sample, outcome.text)  # type: ignore[arg-type]
+                judged: dict[str, tuple[Verdict, dict[str, str | None]]] = {}
+                if judge is not None and not isinstance(outcome, Exception):
+                    for route, path in outcome.paths.items():  # `both` and cascades: every route's answer
+                        if path.text is not None:
+                            judged[route] = await _judged(judge, benchmark, query, sample, path.text)  # type: ignore[arg-type]
                 span = _official_span(query) if official else (None, None)
-                record = _record(config_hash, sample, query, outcome, benchmark, span, audio, verdict, outputs)
+                policy = job.scheduler.name
+                record = _record(config_hash, sample, query, outcome, benchmark, span, audio, judged, policy)
                 writers[index].append(record)
                 stats.written[query.id] = record
                 stats.new += 1
@@ -279,7 +289,7 @@ async def _play_all(
 
             reader = FrameReader(sample.video, job.system.fps, job.system.max_side)
             try:
-                await play(sample, reader, system, existing, emit, job.system.proactive.poll_s, official)
+                await play(sample, reader, system, existing, emit, job.system.proactive.poll_s, official, only)
             finally:
                 reader.close()
                 stats.decode_s += reader.decode_s
@@ -308,16 +318,37 @@ async def _play_all(
             stats.embeddings = cache.counts
 
 
-def _route_backends(job: Job) -> dict[str, Backend]:
-    """A backend per route, one instance per distinct config: S1 and S2 on the same model load it once."""
+def _backends(job: Job) -> dict[str, Backend]:
+    """A backend per route (and for a scheduler that asks a model), one instance per distinct config: S1, S2
+    and the `llm` policy on the same model load it once."""
     built: dict[str, Backend] = {}
     routes = {}
-    for route, choice in job.route_backends().items():
+    choices = job.route_backends()
+    if (asked := job.scheduler_backend()) is not None:
+        choices["scheduler"] = asked
+    for route, choice in choices.items():
         key = json.dumps(plain(choice.config), sort_keys=True, default=str)
         if key not in built:
             built[key] = BACKENDS.build(choice)
         routes[route] = built[key]
     return routes
+
+
+def _only_queries(path: str | None) -> frozenset[str] | None:
+    """The query ids of `run.only_queries` (one per line); None: every query."""
+    if path is None:
+        return None
+    try:
+        ids = frozenset(line.strip() for line in Path(path).read_text().splitlines() if line.strip())
+    except OSError as e:
+        raise ConfigError(f"run.only_queries={path}: cannot read the list of query ids ({e.strerror})") from None
+    if not ids:
+        raise ConfigError(f"run.only_queries={path}: the file lists no query ids (one per line)")
+    return ids
+
+
+def _wanted(query_id: str, existing: Mapping[str, ResultRecord], only: frozenset[str] | None) -> bool:
+    return query_id not in existing and (only is None or query_id in only)
 
 
 def _official_span(query: Query) -> tuple[float | None, float | None]:
@@ -368,9 +399,10 @@ def _record(
     benchmark: Benchmark,
     span: tuple[float | None, float | None] = (None, None),
     audio: bool = False,
-    verdict: Verdict | None = None,
-    judge_outputs: Mapping[str, str | None] | None = None,
+    judged: Mapping[str, tuple[Verdict, Mapping[str, str | None]]] | None = None,
+    policy: str = "",
 ) -> ResultRecord:
+    """The record of one query: the kept route's answer on top, every path's answer and usage in `paths`."""
     common = dict(
         schema=RECORD_SCHEMA,
         config_hash=config_hash,
@@ -381,23 +413,41 @@ def _record(
         time_s=query.time_s,
         span_start_s=span[0],
         span_end_s=span[1],
+        policy=policy,
+        question=query.text,
     )
     if isinstance(outcome, Exception):
         return ResultRecord(**common, error=f"{type(outcome).__name__}: {outcome}")  # type: ignore[arg-type]
-    parsed = None if outcome.text is None else benchmark.parse(query, outcome.text)
-    if verdict is not None:
-        score, subscores = verdict.score, dict(verdict.subscores)
-    else:
-        score, subscores = benchmark.score(query, sample.truths[query.id], parsed, outcome.response_time_s)
+    judged = judged or {}
+    paths: dict[str, dict[str, Any]] = {"scheduler": vars(outcome.scheduler)} if outcome.scheduler.n_calls else {}
+    kept: dict[str, Any] = {}
+    for route, path in outcome.paths.items():
+        parsed, score, subscores = _scored(benchmark, sample, query, path, judged.get(route))
+        paths[route] = {
+            **vars(path.usage),
+            "response": path.text,
+            "parsed": parsed,
+            "score": score,
+            "confidence": path.confidence,
+            "response_time_s": path.response_time_s,
+            "answered_at_s": path.answered_at_s,
+        }
+        if route == outcome.decision.route:
+            kept = {"parsed": parsed, "score": score, "subscores": subscores}
+    verdict, judge_outputs = judged.get(outcome.decision.route, (None, {}))
     usage = outcome.usage
+    memory = outcome.memory
     return ResultRecord(
         **common,  # type: ignore[arg-type]
         route=outcome.decision.route,
         route_reason=outcome.decision.reason,
+        route_score=outcome.decision.score,
+        features=outcome.features,
+        paths=paths,
+        answered_at_s=outcome.answered_at_s,
         frame_times_s=outcome.frame_times_s,
         response=outcome.text,
-        parsed=parsed,
-        score=score,
+        **kept,
         latency_s=usage.latency_s,
         modelled_latency_s=usage.modelled_latency_s,
         tokens_in=usage.tokens_in,
@@ -408,15 +458,29 @@ def _record(
         cached_calls=usage.cached_calls,
         cost_usd=usage.cost_usd,
         response_time_s=outcome.response_time_s,
-        subscores=subscores,
-        memory_frames=outcome.memory.frames,
-        memory_tokens=outcome.memory.tokens,
-        memory_bytes=outcome.memory.bytes,
-        memory_notes=outcome.memory.notes,
+        memory_frames=memory.frames,
+        memory_tokens=memory.tokens,
+        memory_bytes=memory.bytes,
+        memory_notes=memory.notes,
         audio=audio,
-        judge_outputs={k: "" if v is None else v for k, v in (judge_outputs or {}).items()},
+        judge_outputs={k: "" if v is None else v for k, v in judge_outputs.items()},
         judge_failed=verdict.failed if verdict is not None else (),
     )
+
+
+def _scored(
+    benchmark: Benchmark,
+    sample: StreamSample,
+    query: Query,
+    path: PathAnswer,
+    judged: tuple[Verdict, Mapping[str, str | None]] | None,
+) -> tuple[str | None, float, dict[str, float]]:
+    """(parsed, score, subscores) of one route's answer: the judge's verdict, or the benchmark's own rules."""
+    parsed = None if path.text is None else benchmark.parse(query, path.text)
+    if judged is not None:
+        return parsed, judged[0].score, dict(judged[0].subscores)
+    score, subscores = benchmark.score(query, sample.truths[query.id], parsed, path.response_time_s)
+    return parsed, score, dict(subscores)
 
 
 def _existing_records(shards_dir: Path, retry_errors: bool) -> dict[str, ResultRecord]:

@@ -216,7 +216,7 @@ def test_s1_and_s2_on_their_own_backends_one_instance_per_distinct_config(data_r
     job, run, shard = compose_job(
         data_root, "backend@system.s2.backend=reference", "system.s2.backend.tokens_per_frame=7"
     )
-    backends = job_module._route_backends(job)
+    backends = job_module._backends(job)
     assert backends["S1"] is not backends["S2"] and backends["S2"].cfg.tokens_per_frame == 7
     run_job(job, run, shard, tmp_path / "job")
     for record in _records(tmp_path / "job"):
@@ -225,5 +225,5 @@ def test_s1_and_s2_on_their_own_backends_one_instance_per_distinct_config(data_r
             assert record.visual_tokens == per_frame * len(record.frame_times_s)
     assert "backend" in job.semantic()["system"]["s2"] and "backend" not in job.semantic()["system"]["s1"]
     same, *_ = compose_job(data_root, "backend@system.s1.backend=reference")  # the job's own config: loaded once
-    shared = job_module._route_backends(same)
+    shared = job_module._backends(same)
     assert shared["S1"] is shared["S2"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -43,11 +45,11 @@ def test_rule_scheduler_first_match_wins_with_a_reason():
         )
     )
     state = StreamState(now_s=10.0, memory_frames=20)
-    assert rule.route(QUERY, state).route == "S1"
+    assert asyncio.run(rule.route(QUERY, state)).route == "S1"
     clue = Query("c", 10.0, "What shape was it?", "clue", "mcq")
-    assert rule.route(clue, state).reason == "rule 1: task=clue"
+    assert asyncio.run(rule.route(clue, state)).reason == "rule 1: task=clue"
     counted = Query("r", 10.0, "How many circles have appeared so far?", "reasoning", "mcq")
-    decision = rule.route(counted, state)
+    decision = asyncio.run(rule.route(counted, state))
     assert (decision.route, decision.reason) == ("S2", "rule 2: keyword='so far'")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import pytest
@@ -39,7 +40,7 @@ def semantic():
     ],
 )
 def test_semantic_sends_questions_about_now_to_s1_and_about_the_past_to_s2(semantic, text, route):
-    decision = semantic.route(_query(text), STATE)
+    decision = asyncio.run(semantic.route(_query(text), STATE))
     other = "S2" if route == "S1" else "S1"
     match = re.fullmatch(rf"semantic: {route} (0\.\d\d) vs {other} (-?0\.\d\d)", decision.reason)
     assert decision.route == route, decision.reason
@@ -48,15 +49,15 @@ def test_semantic_sends_questions_about_now_to_s1_and_about_the_past_to_s2(seman
 
 def test_semantic_close_calls_go_to_the_default_with_both_similarities(semantic):
     undecided = _semantic(margin=1.0, default="S2")  # cosines of unit vectors differ by at most 2, usually far less
-    decision = undecided.route(_query("What colour is the square on screen now?"), STATE)
+    decision = asyncio.run(undecided.route(_query("What colour is the square on screen now?"), STATE))
     assert decision.route == "S2"
     assert re.fullmatch(r"semantic: S1 0\.\d\d vs S2 0\.\d\d within margin 1, default", decision.reason)
 
 
 def test_semantic_routes_by_the_configured_prototypes_not_built_in_words():
     swapped = _semantic(prototypes={"S1": ["How many times has it appeared so far?"], "S2": ["What is on screen now?"]})
-    assert swapped.route(_query("How many circles have appeared so far?"), STATE).route == "S1"
-    assert swapped.route(_query("What colour is the square on screen now?"), STATE).route == "S2"
+    assert asyncio.run(swapped.route(_query("How many circles have appeared so far?"), STATE)).route == "S1"
+    assert asyncio.run(swapped.route(_query("What colour is the square on screen now?"), STATE)).route == "S2"
 
 
 def test_semantic_bad_config_names_the_field_and_the_fix(tmp_path):
