@@ -22,7 +22,7 @@ from harness.errors import ConfigError
 from harness.hashing import content_hash
 from harness.judge import JudgeConfig, is_judged
 from harness.registry import Choice, Registry, answer_fields, plain, schema_node
-from harness.system import SystemConfig
+from harness.system import SystemConfig, latency_model
 
 COMPONENTS: dict[str, Registry[Any]] = {
     "dataset": benchmarks.DATASETS,
@@ -180,6 +180,8 @@ def load_job(cfg: DictConfig) -> tuple[Job, RunConfig, ShardConfig]:
         )
     if run.concurrency < 1:
         raise ConfigError(f"run.concurrency={run.concurrency}: must be >= 1")
+    for route in ("S1", "S2"):
+        latency_model(system, route)  # a malformed latency model fails here, not mid-stream
     if system.proactive.poll_s <= 0:
         raise ConfigError(f"system.proactive.poll_s={system.proactive.poll_s}: must be > 0 (seconds between polls)")
     if run.budget_usd is not None and run.budget_usd <= 0:

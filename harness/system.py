@@ -15,7 +15,7 @@ import logging
 import re
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
@@ -48,6 +48,20 @@ class LatencyModel:
     per_visual_token_s: float = 0.0
     per_output_token_s: float = 0.0
 
+    @classmethod
+    def parse(cls, node: Mapping[str, float] | None, where: str) -> LatencyModel | None:
+        """`system.<route>.latency_model` ({base_s: 0.4, per_output_token_s: 0.02}, null: none)."""
+        if node is None:
+            return None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**{k: float(v) for k, v in node.items()})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: seconds must be numbers ({e})") from None
+
     def seconds(self, frames: int, response: Response) -> float:
         return (
             self.base_s
@@ -63,7 +77,9 @@ class S1Config:
     max_frames: int = 8
     max_new_tokens: int = 32
     backend: Any = None  # a backend node of its own (`backend@system.s1.backend=hf`); None: the job's backend
-    latency_model: LatencyModel | None = None  # None: the backend's own model, where it has one (reference)
+    # a LatencyModel's fields ({base_s: 0.4, per_output_token_s: 0.02}; a plain node, as OmegaConf cannot merge
+    # into a null dataclass); None: the backend's own model, where it has one (reference)
+    latency_model: Any = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +87,7 @@ class S2Config:
     max_frames: int = 16  # the router picks up to this many frames from memory
     max_new_tokens: int = 64
     backend: Any = None  # as for S1
-    latency_model: LatencyModel | None = None  # as for S1
+    latency_model: Any = None  # as for S1
 
 
 @dataclass(frozen=True)
@@ -231,6 +247,7 @@ class StreamSystem:
         self._scene_change_s: float | None = None
         self.notes = Usage()  # calls S1 made to write text-memory notes
         self.compute_s = 0.0  # latency of every call so far (cfg.latency): what realtime charges
+        self._latency_models = {r: latency_model(cfg, r) for r in ("S1", "S2")}
 
     async def observe(self, frame: Frame) -> None:
         self._see_scene(frame)
@@ -339,7 +356,7 @@ class StreamSystem:
     async def _call(self, route: Route, request: Request, usage: Usage) -> Response:
         """Every model call of the system: counted in `usage` and charged to the realtime clock."""
         response = await self._backends[route].generate(request)
-        latency_model = self._route_cfg(route).latency_model
+        latency_model = self._latency_models[route]
         modelled = latency_model.seconds(len(request.frames), response) if latency_model is not None else None
         usage.add(response, modelled)
         if self.cfg.latency == LatencySource.measured:
@@ -409,6 +426,12 @@ class StreamSystem:
         if self._thumbnail is not None and float(np.abs(thumbnail - self._thumbnail).mean()) > SCENE_CHANGE:
             self._scene_change_s = frame.time_s
         self._thumbnail = thumbnail
+
+
+def latency_model(cfg: SystemConfig, route: Route) -> LatencyModel | None:
+    """A route's configured latency model (checked at config load through this same function)."""
+    key = route.lower()
+    return LatencyModel.parse(getattr(cfg, key).latency_model, f"system.{key}.latency_model")
 
 
 def stated_confidence(text: str) -> tuple[str, float | None]:

@@ -454,3 +454,37 @@ def test_reference_backend_job_is_recorded_and_scored_like_its_export(data_root,
     _, table = _export_and_score(tmp_path / "job", tmp_path, monkeypatch)
     job_scores, on_time = _per_task(records), _per_task(records, "time")
     assert table.tasks == pytest.approx({**job_scores, "PO": on_time["PO"], "PO_content": job_scores["PO"]})
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "polls", "response_time_s", "on_time"),
+    [
+        # S1 costs 0.2 s a call: polls every second 6..13 (each done before the next), fires at 13, out at 13.4
+        ("force_s1", [6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0], 13.4, 1.0),
+        # S2 costs 2 s a call: a poll asked while the last one computes starts when it ends: 6, 8, 10, 12, 14;
+        # fires at 14 (the trigger says yes from 13), out at 14 + 2 (poll) + 2 (answer) = 18: past g + 2 = 14
+        ("force_s2", [6.0, 8.0, 10.0, 12.0, 14.0], 18.0, 0.0),
+    ],
+)
+def test_realtime_modelled_latency_makes_the_slow_route_miss_the_proactive_window(
+    bench, data_root, tmp_path, scheduler, polls, response_time_s, on_time
+):
+    only = tmp_path / "only.txt"  # its stream's other proactive query would poll in between: alone, by hand
+    only.write_text("proactive-0-0\n")
+    job, run, shard = _fixed_job(
+        bench, data_root, "+experiment=official", f"scheduler={scheduler}", "system.realtime=true",
+        "system.latency=modelled", "system.s1.latency_model={base_s: 0.2}", "system.s2.latency_model={base_s: 2.0}",
+        f"run.only_queries={only}",
+    )  # fmt: skip
+    run_job(job, run, shard, tmp_path / "job")
+    (record,) = store.read_job(tmp_path / "job")  # ground truth at 12 s
+    trigger = _queries(bench)["proactive-0-0"][0].trigger
+    assert [r.time_s for r in Fixed.requests if r.prompt == trigger] == polls  # frames up to each poll's start
+    assert (record.response_time_s, record.answered_at_s, record.subscores["time"]) == (
+        response_time_s,
+        response_time_s,
+        on_time,
+    )
+    assert record.modelled_latency_s == pytest.approx((len(polls) + 1) * (0.2 if scheduler == "force_s1" else 2.0))
+    assert record.paths[record.route]["response_time_s"] == response_time_s
+    assert not list((tmp_path / "job" / "shards").glob("*.done"))  # the other queries are still to be asked
