@@ -241,7 +241,10 @@ class CascadeScheduler:
 
     async def route(self, query: Query, state: StreamState) -> Decision:
         return Decision(
-            "S1", "cascade: S1 first", plan=Plan.cascade, threshold=self.cfg.threshold,
+            "S1",
+            "cascade: S1 first",
+            plan=Plan.cascade,
+            threshold=self.cfg.threshold,
             confidence_prompt=self.cfg.confidence_prompt,
         )
 
