@@ -152,6 +152,7 @@ class Reply:
     tokens_out: int
     finish_reason: str
     visual_tokens: int = 0
+    confidence: float | None = None  # exp(mean token log-probability), where the provider returned them
 
 
 class ProviderError(Exception):
@@ -441,6 +442,7 @@ class ApiBackend:
             cost_usd=self.cost_usd(reply.tokens_in, reply.tokens_out, batch),  # the answer's price, cached or not
             visual_tokens=reply.visual_tokens,
             cached=cached,
+            confidence=reply.confidence,
         )
 
     def _scrub(self, text: str) -> str:

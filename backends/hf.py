@@ -5,7 +5,8 @@ as one video or as one image per frame with its stream time, in the openai backe
 model is shared by every backend config naming the same (folder, dtype, device_map, attn_implementation), so S1
 and S2 on one model load it once; calls run in a worker thread, one generate at a time per loaded model.
 Qwen2-VL and Qwen2.5-VL given frames as images keep their frames' vision outputs across a stream's queries
-(backends/hf_vision_cache.py).
+(backends/hf_vision_cache.py). Asked for a confidence (`want_confidence`), generate also returns the raw logits,
+and the reply's confidence is exp(mean log-probability) of its tokens.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class HF:
     """One greedy generate() per request on a local checkpoint."""
 
     takes_audio = False
+    gives_confidence = True
 
     def __init__(self, cfg: HFConfig) -> None:
         folder, model_type = _checkpoint(cfg)
@@ -170,10 +172,13 @@ class HF:
         clock = _FirstToken()
         greedy = copy.copy(self._loaded.greedy)
         greedy.max_new_tokens = request.max_new_tokens
-        output = model.generate(**inputs, generation_config=greedy, streamer=clock)
-        new = output[0, tokens_in:].tolist()
+        scored = {"output_logits": True, "return_dict_in_generate": True} if request.want_confidence else {}
+        output = model.generate(**inputs, generation_config=greedy, streamer=clock, **scored)
+        sequences = output.sequences if scored else output
+        new = sequences[0, tokens_in:].tolist()
         eos = self._loaded.eos_ids
         stopped = bool(new) and new[-1] in eos
+        confidence = token_confidence(output.logits, new, eos) if scored else None
         latency = time.perf_counter() - started
         return Response(
             text=processor.tokenizer.decode(new, skip_special_tokens=True),
@@ -183,6 +188,7 @@ class HF:
             finish_reason="stop" if stopped else "length",
             visual_tokens=visual_tokens,
             ttft_s=None if clock.first_s is None else clock.first_s - started,
+            confidence=confidence,
         )
 
     def _processor_inputs(self, text: str, frames: list[Frame], pixels: list[np.ndarray]) -> Any:
@@ -233,6 +239,18 @@ def user_content(request: Request, frames_as: FramesAs) -> list[dict[str, Any]]:
         parts += [_text(f"[{frames[0].time_s:.1f} s to {frames[-1].time_s:.1f} s]"), {"type": "video"}]
     parts.append(_text(request.prompt))
     return parts
+
+
+def token_confidence(logits: tuple[torch.Tensor, ...], new: list[int], eos: frozenset[int]) -> float | None:
+    """exp(mean log-probability) of the reply's tokens under the model's raw logits, up to the end token (the end
+    token alone when the reply is empty); None when nothing was generated."""
+    if not new:
+        return None
+    answer = next((i for i, token in enumerate(new) if token in eos), len(new)) or 1  # 0: the end token alone
+    steps = torch.stack([step[0] for step in logits[:answer]]).float()  # (answer, vocab)
+    tokens = torch.tensor(new[:answer], device=steps.device)
+    chosen = torch.log_softmax(steps, dim=-1).gather(1, tokens[:, None])
+    return float(chosen.mean().exp())
 
 
 @dataclass

@@ -4,6 +4,8 @@ Translates `Request -> chat.completions body` and the SDK's failures into Provid
 response cache, rate limits, retries and cost are the shared `ApiBackend` (backends/api.py). The SDK's own
 retries are off: retrying belongs to the harness, where every attempt is counted. The API key is read from
 the environment variable the config names; it is never stored in a config, a record, a log line or an error.
+Asked for a confidence, the request sets `logprobs` and the reply's confidence is exp(mean log-probability) of
+its tokens; a server that returns none leaves it None.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class OpenAIChat(ApiBackend):
     """One chat completion per request: system, earlier turns, then text memory, timed frames and the prompt."""
 
     provider = "openai"
+    gives_confidence = True  # where the server returns log-probabilities; reasoning models refuse `logprobs`
     cfg: OpenAIConfig
 
     def __init__(self, cfg: OpenAIConfig) -> None:
@@ -111,6 +114,8 @@ class OpenAIChat(ApiBackend):
         }
         if self.cfg.capabilities.temperature:
             body["temperature"] = self.cfg.temperature
+        if request.want_confidence:
+            body["logprobs"] = True
         if self.cfg.capabilities.max_image_bytes is not None:
             for frame, url in zip(sorted(request.frames, key=lambda f: f.time_s), _image_urls(body), strict=True):
                 self.check_image_bytes(len(base64.b64decode(url.split(",", 1)[1])), frame)
@@ -174,7 +179,7 @@ def sdk_errors(where: str, timeout_s: float) -> Iterator[None]:
 
 
 def parse_completion(reply: Any, where: str, model: str) -> Reply:
-    """The first choice's text, the usage and the finish reason of a chat completion."""
+    """The first choice's text, the usage, the finish reason and, where it has log-probabilities, the confidence."""
     choices = getattr(reply, "choices", None)
     if not choices or getattr(choices[0], "message", None) is None:
         raise ProviderError("server", 200, f"a reply without choices from {where} for model {model!r}")
@@ -184,7 +189,15 @@ def parse_completion(reply: Any, where: str, model: str) -> Reply:
         tokens_in=usage.prompt_tokens if usage is not None else 0,  # servers that omit usage count as 0
         tokens_out=usage.completion_tokens if usage is not None else 0,
         finish_reason=choice.finish_reason or "unknown",  # "stop", "length" (cut at max tokens), ...
+        confidence=_confidence(getattr(choice, "logprobs", None)),
     )
+
+
+def _confidence(logprobs: Any) -> float | None:
+    """exp(mean log-probability) of a choice's tokens (`logprobs.content[*].logprob`); None without any."""
+    tokens = getattr(logprobs, "content", None) or []
+    values = [t.logprob for t in tokens if getattr(t, "logprob", None) is not None]
+    return math.exp(sum(values) / len(values)) if values else None
 
 
 @lru_cache(maxsize=256)

@@ -5,6 +5,7 @@ to end on a laptop, with results that mean something: it reads only the frames i
 a memory that drops the frame with the evidence, or a scheduler that answers from stale frames,
 costs it points exactly as it would cost a real video-language model. Latency is modelled per
 route (S1 fast, S2 slow), and optionally really waited, so latency-aware parts see a slow model.
+Each reply comes with a confidence read from the same evidence (`answer`), for a cascade to escalate on.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ MIN_AREA_FRACTION = 0.0015  # of the frame; smaller blobs are compression noise
 STAR_SOLIDITY = 0.75  # a star fills about 0.55 of its convex hull, the other shapes 0.85 or more
 CIRCLE_FILL = 0.75  # share of the enclosing circle a blob fills: circle above, square and triangle below
 SQUARE_FILL = 0.53  # square above, triangle below
+RECENT_S = 1.0  # "now" questions: frames this close to the latest one should agree with it
+SIGHT_S = 0.75  # a frame vouches for this long either side: half the synthetic objects' shortest lifetime (1.5 s)
 _COLOUR = "(" + "|".join(HUES) + ")"
 _SHAPE = "(" + "|".join(SHAPES) + ")"
 
@@ -62,13 +65,25 @@ class Detection:
     area: float
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A reply and the share of its evidence that agrees with it (see `answer`)."""
+
+    text: str
+    confidence: float  # 0..1
+
+
 @BACKENDS.register("reference", ReferenceConfig)
 class Reference:
     """Answers the synthetic benchmark's questions from the frames it is given, by colour segmentation.
 
     Not a language model: it parses the benchmark's fixed question grammar and raises BackendError on
     anything else. Its score depends only on which frames reach it, which is what the harness varies.
+    Its confidence (`want_confidence`) is evidence-based, not a token probability; see `answer`.
     """
+
+    gives_confidence = True
+    models_latency = True  # per-route LatencyProfile: what `system.latency=modelled` charges
 
     def __init__(self, cfg: ReferenceConfig) -> None:
         self.cfg = cfg
@@ -78,7 +93,10 @@ class Reference:
         profile = {"S1": self.cfg.s1, "S2": self.cfg.s2}.get(request.route)
         if profile is None:
             raise BackendError(f"reference backend: unknown route {request.route!r} (expected S1 or S2)")
-        text = await asyncio.to_thread(answer, request.frames, request.prompt, request.history, request.context)
+        reply = await asyncio.to_thread(
+            answer, request.frames, request.prompt, request.history, request.context, request.time_s
+        )
+        text = reply.text
         tokens_out = len(text.split())
         n_frames = len(request.frames)
         modelled = profile.base_s + profile.per_frame_s * n_frames + profile.per_output_token_s * tokens_out
@@ -96,6 +114,7 @@ class Reference:
             latency_s=time.perf_counter() - started,
             modelled_latency_s=modelled,
             visual_tokens=self.cfg.tokens_per_frame * n_frames,
+            confidence=reply.confidence if request.want_confidence else None,
         )
 
     async def aclose(self) -> None:
@@ -103,10 +122,25 @@ class Reference:
 
 
 def answer(
-    frames: tuple[Frame, ...], prompt: str, history: tuple[Turn, ...] = (), context: tuple[str, ...] = ()
-) -> str:
-    """The reply to one prompt of the synthetic grammar, from these frames (and text notes) only."""
-    scene = _Scene(sorted(frames, key=lambda f: f.time_s), context)
+    frames: tuple[Frame, ...],
+    prompt: str,
+    history: tuple[Turn, ...] = (),
+    context: tuple[str, ...] = (),
+    now_s: float | None = None,
+) -> Reply:
+    """The reply to one prompt of the synthetic grammar, from these frames (and text notes) only.
+
+    Its confidence is the share of the evidence that agrees with the reply, deterministic like the reply:
+    about now, the share of the frames of the last RECENT_S seconds (up to the latest frame) that read the same
+    as the latest one (0 without frames); about the shape of an object seen earlier, the share of that colour's
+    sightings with the majority shape; counts and order so far, the share of the stream up to `now_s` (the
+    request's time; default: the latest frame) that lies within SIGHT_S of a frame or a note, since any second
+    not seen may hide an object; a guess among options (nothing seen decides it), chance: 1 / number of options.
+    """
+    ordered = sorted(frames, key=lambda f: f.time_s)
+    if now_s is None:
+        now_s = ordered[-1].time_s if ordered else 0.0
+    scene = _Scene(ordered, context, now_s)
     options = re.findall(r"^([A-D])\. (.+?)\s*$", prompt, re.MULTILINE)
     matches = [(found, rule) for pattern, rule in _RULES if (found := re.search(pattern, prompt))]
     if matches:  # the question asked last in the prompt, should earlier turns be quoted before it
@@ -141,76 +175,81 @@ def coloured_blobs(pixels: np.ndarray) -> list[tuple[str, np.ndarray, float]]:
     return found
 
 
-# ---- question rules: (pattern, rule(match, scene, options, history) -> reply)
+# ---- question rules: (pattern, rule(match, scene, options, history) -> Reply)
+
+Reading = Callable[[list[Detection]], str | None]  # a "now" rule's answer from one frame's detections
 
 
-def _colour_of_shape_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
-    hits = [d.colour for d in scene.now() if d.shape == m.group(1)]
-    return _choose(options, hits[0] if hits else None)
+def _colour_of_shape_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
+    shape = m.group(1)
+    return _choose(options, *scene.read_now(lambda found: next((d.colour for d in found if d.shape == shape), None)))
 
 
-def _shape_of_colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
-    hits = [d.shape for d in scene.now() if d.colour == m.group(1)]
-    return _choose(options, hits[0] if hits else None)
+def _shape_of_colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
+    colour = m.group(1)
+    return _choose(options, *scene.read_now(lambda found: next((d.shape for d in found if d.colour == colour), None)))
 
 
-def _count_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
-    return _choose(options, str(len(scene.now())) if scene.frames else None)
+def _count_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
+    return _choose(options, *scene.read_now(lambda found: str(len(found))))
 
 
-def _shape_seen_earlier(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+def _shape_seen_earlier(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
     shapes = Counter(d.shape for _, d in scene.sightings() if d.colour == m.group(1))
-    return _choose(options, shapes.most_common(1)[0][0] if shapes else None)  # the majority, over sightings
+    if not shapes:
+        return _choose(options, None, 0.0)
+    shape, votes = shapes.most_common(1)[0]  # the majority, over sightings
+    return _choose(options, shape, votes / shapes.total())
 
 
-def _colour_count_so_far(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+def _colour_count_so_far(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
     kinds = {(d.colour, d.shape) for _, d in scene.sightings() if d.colour == m.group(1)}
-    return _choose(options, str(len(kinds)))
+    return _choose(options, str(len(kinds)), scene.coverage())
 
 
-def _shape_count_so_far(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+def _shape_count_so_far(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
     kinds = {(d.colour, d.shape) for _, d in scene.sightings() if d.shape == m.group(1)}
-    return _choose(options, str(len(kinds)))
+    return _choose(options, str(len(kinds)), scene.coverage())
 
 
-def _appeared_first(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+def _appeared_first(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
     first_seen: dict[str, float] = {}
     for time_s, d in sorted(scene.sightings(), key=lambda pair: pair[0]):
         first_seen.setdefault(f"{d.colour} {d.shape}", time_s)
     seen = [text for _, text in options if text in first_seen]
-    return _choose(options, min(seen, key=first_seen.__getitem__) if seen else None)
+    return _choose(options, min(seen, key=first_seen.__getitem__) if seen else None, scene.coverage())
 
 
-def _named_colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+def _named_colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
     named = re.search(rf"\b{_COLOUR}\b", history[-1].answer, re.IGNORECASE) if history else None
     if named is None:
-        return "no"
-    return "yes" if any(d.colour == named.group(1).lower() for d in scene.now()) else "no"
+        return Reply("no", 0.5)  # no colour to look for: a yes/no guess
+    return _yes_no(scene, named.group(1).lower())
 
 
-def _colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
-    return "yes" if any(d.colour == m.group(1) for d in scene.now()) else "no"
+def _colour_now(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
+    return _yes_no(scene, m.group(1))
 
 
-def _announce(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
+def _announce(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
     colour = m.group(1)
+
+    def read(found: list[Detection]) -> str | None:
+        return next((d.shape for d in found if d.colour == colour), None)
+
     for position in reversed(range(len(scene.frames))):  # the latest frame that shows one
-        hits = [d.shape for d in scene.detections(position) if d.colour == colour]
-        if hits:
-            return f"A {colour} {hits[0]} appeared."
-    return f"No {colour} object has appeared."
+        shape = read(scene.detections(position))
+        if shape is not None:
+            return Reply(f"A {colour} {shape} appeared.", scene.agreement(read, shape))
+    return Reply(f"No {colour} object has appeared.", scene.agreement(read, None))
 
 
-def _describe(m: re.Match, scene: _Scene, options: list, history: tuple) -> str:
-    now = scene.now()
-    if not now:
-        return "No coloured object is on screen."
-    things = [f"a {d.colour} {d.shape}" for d in now]
-    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
-    return f"{listed[0].upper()}{listed[1:]} {'is' if len(things) == 1 else 'are'} on screen."
+def _describe(m: re.Match, scene: _Scene, options: list, history: tuple) -> Reply:
+    text, confidence = scene.read_now(_description)
+    return Reply(text or _description([]), confidence)
 
 
-_RULES: list[tuple[str, Callable[..., str]]] = [
+_RULES: list[tuple[str, Callable[..., Reply]]] = [
     (rf"What colour is the {_SHAPE} on screen now\?", _colour_of_shape_now),
     (rf"What shape is the {_COLOUR} object on screen now\?", _shape_of_colour_now),
     (r"How many coloured objects are on screen now\?", _count_now),
@@ -228,8 +267,9 @@ _RULES: list[tuple[str, Callable[..., str]]] = [
 class _Scene:
     """The frames of a request and its text notes, read lazily: detection runs once per frame."""
 
-    def __init__(self, frames: list[Frame], notes: tuple[str, ...]) -> None:
+    def __init__(self, frames: list[Frame], notes: tuple[str, ...], now_s: float) -> None:
         self.frames = frames
+        self.now_s = now_s
         self._notes = notes
         self._detected: dict[int, list[Detection]] = {}
 
@@ -238,33 +278,74 @@ class _Scene:
             self._detected[position] = detect(self.frames[position].pixels)
         return self._detected[position]
 
-    def now(self) -> list[Detection]:
-        """What is on screen now: the latest frame's detections."""
-        return self.detections(len(self.frames) - 1) if self.frames else []
+    def read_now(self, read: Reading) -> tuple[str | None, float]:
+        """What the latest frame reads (None without frames), and how many recent frames agree (`agreement`)."""
+        if not self.frames:
+            return None, 0.0
+        value = read(self.detections(len(self.frames) - 1))
+        return value, self.agreement(read, value)
+
+    def agreement(self, read: Reading, value: str | None) -> float:
+        """Share of the frames of the last RECENT_S seconds (up to the latest frame) that read `value`; 0 without."""
+        if not self.frames:
+            return 0.0
+        latest = self.frames[-1].time_s
+        recent = [i for i, f in enumerate(self.frames) if f.time_s >= latest - RECENT_S - 1e-6]
+        return sum(read(self.detections(i)) == value for i in recent) / len(recent)
 
     def sightings(self) -> list[tuple[float, Detection]]:
         """Every (time, object) seen in a frame or named in a note ("[12.0 s] A red circle ...")."""
         seen = [(f.time_s, d) for i, f in enumerate(self.frames) for d in self.detections(i)]
         for note in self._notes:
-            stamp = re.match(r"\s*\[(\d+(?:\.\d+)?) s\]", note)
-            time_s = float(stamp.group(1)) if stamp else math.inf
+            time_s = _note_time(note)
             for colour, shape in re.findall(rf"\b{_COLOUR} {_SHAPE}\b", note, re.IGNORECASE):
                 seen.append((time_s, Detection(colour.lower(), shape.lower(), 0.0)))
         return seen
+
+    def coverage(self) -> float:
+        """Share of the stream so far, [0, now_s], within SIGHT_S of a frame or a timed note."""
+        times = sorted({f.time_s for f in self.frames} | {t for t in map(_note_time, self._notes) if t < math.inf})
+        if self.now_s <= 0:
+            return 1.0 if times else 0.0
+        covered, reached = 0.0, 0.0
+        for t in times:
+            start, end = max(reached, t - SIGHT_S, 0.0), min(t + SIGHT_S, self.now_s)
+            covered += max(0.0, end - start)
+            reached = max(reached, end)
+        return covered / self.now_s
 
 
 # ---- helpers
 
 
-def _choose(options: list[tuple[str, str]], value: str | None) -> str:
-    """The option whose text is `value`, as "B. red"; the first option as a guess if none is."""
+def _choose(options: list[tuple[str, str]], value: str | None, confidence: float) -> Reply:
+    """The option whose text is `value`, as "B. red"; the first option as a guess, at chance, if none is."""
     if not options:
         raise BackendError("reference backend: a multiple-choice question without options 'A. ...'")
     for letter, text in options:
         if value is not None and text == value:
-            return f"{letter}. {text}"
+            return Reply(f"{letter}. {text}", confidence)
     letter, text = options[0]
-    return f"{letter}. {text}"
+    return Reply(f"{letter}. {text}", 1 / len(options))
+
+
+def _yes_no(scene: _Scene, colour: str) -> Reply:
+    value, confidence = scene.read_now(lambda found: "yes" if any(d.colour == colour for d in found) else "no")
+    return Reply(value or "no", confidence)
+
+
+def _description(found: list[Detection]) -> str:
+    if not found:
+        return "No coloured object is on screen."
+    things = [f"a {d.colour} {d.shape}" for d in found]
+    listed = things[0] if len(things) == 1 else ", ".join(things[:-1]) + " and " + things[-1]
+    return f"{listed[0].upper()}{listed[1:]} {'is' if len(things) == 1 else 'are'} on screen."
+
+
+def _note_time(note: str) -> float:
+    """The stream time a note is stamped with ("[12.0 s] ..."); inf when it has none."""
+    stamp = re.match(r"\s*\[(\d+(?:\.\d+)?) s\]", note)
+    return float(stamp.group(1)) if stamp else math.inf
 
 
 def classify_shape(contour: np.ndarray, area: float) -> str:

@@ -4,7 +4,8 @@ are in flight at once and share its batches and its prefix cache.
 The prompt is the model's own chat template (its processor's `apply_chat_template`) over the same parts the openai
 backend sends: system, earlier turns, text memory, then each frame as an image after its stream time, then the
 prompt. Decoding is greedy. Per call: prompt tokens and the image tokens among them, new tokens, time to first token
-(measured on the engine's output stream) and wall latency.
+(measured on the engine's output stream) and wall latency; asked for a confidence, the sampled tokens'
+log-probabilities too (`SamplingParams(logprobs=0)`), and their exp(mean).
 
 The engine runs on an event loop of its own, in a thread: vLLM binds its output task to the loop it starts on, and
 each job of a sweep runs in its own `asyncio.run`. So one engine serves every job of the process whose engine
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -79,6 +81,7 @@ class VLLMEngine:
     """One greedy generation per request on a shared in-process engine."""
 
     takes_audio = False
+    gives_confidence = True
 
     def __init__(self, cfg: VLLMEngineConfig) -> None:
         self.cfg = cfg
@@ -90,7 +93,8 @@ class VLLMEngine:
             raise BackendError("vllm backend: generate after aclose")
         started = time.perf_counter()
         prompt, images = await asyncio.to_thread(engine.prompt, request, self.cfg.image_max_side)
-        future = asyncio.run_coroutine_threadsafe(engine.run(prompt, images, request.max_new_tokens), engine.loop)
+        run = engine.run(prompt, images, request.max_new_tokens, request.want_confidence)
+        future = asyncio.run_coroutine_threadsafe(run, engine.loop)
         try:
             final, first_token_at = await asyncio.wrap_future(future)
         except (BackendError, asyncio.CancelledError):
@@ -107,6 +111,7 @@ class VLLMEngine:
             finish_reason=output.finish_reason or "unknown",
             visual_tokens=sum(1 for t in prompt_ids if t in engine.image_token_ids),
             ttft_s=None if first_token_at is None else first_token_at - started,
+            confidence=sampled_confidence(output) if request.want_confidence else None,
         )
 
     async def aclose(self) -> None:
@@ -135,6 +140,18 @@ def hf_messages(request: Request, image_max_side: int) -> tuple[list[dict[str, A
     parts.append({"type": "text", "text": request.prompt})
     messages.append({"role": "user", "content": parts})
     return messages, images
+
+
+def sampled_confidence(output: Any) -> float | None:
+    """exp(mean log-probability) of a CompletionOutput's sampled tokens (`logprobs[i][token_ids[i]]`), leaving out
+    the end or stop token the engine keeps in token_ids unless it is the whole reply; None without log-probabilities."""
+    tokens = list(output.token_ids)
+    if output.finish_reason == "stop" and not isinstance(output.stop_reason, str) and len(tokens) > 1:
+        tokens = tokens[:-1]  # stopped on the end token (stop_reason None) or a stop token id
+    if not tokens or not output.logprobs:
+        return None
+    values = [output.logprobs[i][token].logprob for i, token in enumerate(tokens)]
+    return math.exp(sum(values) / len(values))
 
 
 def frame_image(frame: Frame, max_side: int) -> Image.Image:
@@ -183,11 +200,14 @@ class _Engine:
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return text, images
 
-    async def run(self, prompt: str, images: list[Image.Image], max_tokens: int) -> tuple[Any, float | None]:
+    async def run(
+        self, prompt: str, images: list[Image.Image], max_tokens: int, logprobs: bool = False
+    ) -> tuple[Any, float | None]:
         """On the engine's loop: the final output, and when the first token arrived (perf_counter)."""
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens)
+        # logprobs=0: the sampled token's log-probability only, no alternatives
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=0 if logprobs else None)
         inputs: dict[str, Any] = {"prompt": prompt}
         if images:
             inputs["multi_modal_data"] = {"image": images}

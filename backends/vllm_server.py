@@ -119,6 +119,7 @@ class VLLMServer:
     """The openai client against a vLLM server this process started (shared by its jobs) or one given by url."""
 
     takes_audio = False
+    gives_confidence = True  # the server's token log-probabilities, through the openai client path
 
     def __init__(self, cfg: VLLMServerConfig) -> None:
         if not cfg.model_path and not cfg.url:

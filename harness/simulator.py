@@ -14,7 +14,7 @@ import heapq
 import itertools
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from harness.budget import BudgetExhausted
 from harness.records import Frame, Query, ResultRecord, Route, StreamSample
@@ -147,11 +147,8 @@ class _Player:
         if self.clock.ended_before(now_s) or (last is not None and now_s > last + 1e-6):
             state.paths[route] = PathAnswer(None, usage=state.polled[route])  # never fired
         elif await self.system.poll(query, route, now_s, state.polled[route]):
-            cascade = state.decision.plan == Plan.cascade
-            plan = state.decision if cascade else replace(state.decision, route=route, plan=Plan.one)
-            decision, paths = await self.system.answer(query, plan, now_s, state.polled)
-            if cascade:
-                state.decision = decision
+            decision, paths = await self.system.answer(query, state.decision, now_s, state.polled, both=(route,))
+            state.decision = decision  # an escalated cascade says S2
             for path in paths.values():
                 path.answered_at_s = self.out_at()
                 path.response_time_s = path.answered_at_s if self.realtime else now_s

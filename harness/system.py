@@ -282,13 +282,19 @@ class StreamSystem:
         return usage
 
     async def answer(
-        self, query: Query, decision: Decision, now_s: float, polled: Mapping[Route, Usage] | None = None
+        self,
+        query: Query,
+        decision: Decision,
+        now_s: float,
+        polled: Mapping[Route, Usage] | None = None,
+        both: tuple[Route, ...] = ("S1", "S2"),
     ) -> tuple[Decision, dict[Route, PathAnswer]]:
         """Answer `query` at stream time now_s on the decision's plan; returns the final decision (an escalated
-        cascade says S2) and each route's answer. `polled`: a proactive query's poll calls so far, by route."""
+        cascade says S2) and each route's answer. `polled`: a proactive query's poll calls so far, by route;
+        `both`: the routes of a `both` plan to ask now (a proactive query's routes fire at their own times)."""
         polled = polled or {}
         if decision.plan == Plan.both:
-            paths = {r: await self._ask(query, r, now_s, polled.get(r), want_confidence=True) for r in ("S1", "S2")}
+            paths = {r: await self._ask(query, r, now_s, polled.get(r), want_confidence=True) for r in both}
         elif decision.plan == Plan.cascade:
             first = await self._ask(query, "S1", now_s, polled.get("S1"), decision.confidence_prompt or None)
             paths = {"S1": first}
@@ -303,9 +309,9 @@ class StreamSystem:
                 decision = replace(decision, route="S2", reason=reason, score=confidence)
         else:
             paths = {decision.route: await self._ask(query, decision.route, now_s, polled.get(decision.route))}
-        kept = paths[decision.route].text
-        if kept is not None:
-            self.remember(query, kept)
+        kept = paths.get(decision.route)
+        if kept is not None and kept.text is not None:
+            self.remember(query, kept.text)
         return decision, paths
 
     async def poll(self, query: Query, route: Route, now_s: float, usage: Usage) -> bool:

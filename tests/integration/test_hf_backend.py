@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_s1_and_s2_on_two_configs_of_one_model_load_it_once_and_images_mode_reus
         "system.s1.backend.frames_as=video",
     ]
     job, _, _ = compose_job(data_root, *SMALL, f"backend.model_path={tiny_qwen25vl}", *s1_video)
-    routes = job_module._route_backends(job)
+    routes = job_module._backends(job)
     assert routes["S1"] is not routes["S2"] and routes["S1"].model is routes["S2"].model
     asyncio.run(_close(*routes.values()))
 
@@ -268,3 +269,67 @@ def test_every_ready_config_composes_as_hf_and_names_its_local_folder(data_root)
         assert job.backend.name == "hf" and job.backend.config.model_path.startswith("models/")
         with pytest.raises(ConfigError, match="backend.model_path=models/"):
             BACKENDS.build(job.backend)
+
+
+def _greedy_by_hand(backend: hf.HF, request: Request) -> tuple[list[int], list[float]]:
+    """The tokens greedy decoding picks for a text-only request, and their log-probabilities, one forward per token
+    over the whole sequence (no cache): what the backend's confidence must agree with."""
+    processor, model = backend.processor, backend.model
+    text = processor.apply_chat_template(hf.chat_messages(request, backend.frames_as), tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+    ids = processor(text=[text], return_tensors="pt")["input_ids"]
+    tokens, logprobs = [], []
+    with torch.inference_mode():
+        for _ in range(request.max_new_tokens):
+            step = torch.log_softmax(model(input_ids=ids).logits[0, -1].float(), dim=-1)
+            token = int(step.argmax())
+            tokens.append(token)
+            logprobs.append(float(step[token]))
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return tokens, logprobs
+
+
+def test_confidence_is_the_mean_token_probability_and_asking_for_it_changes_no_answer(tiny_qwen25vl):
+    backend = _backend(tiny_qwen25vl, frames_as="images", min_pixels=784, max_pixels=12544)
+    assert hf.HF.gives_confidence
+    text_only = Request(5.0, "S1", (), "What is on screen?", max_new_tokens=12)
+    tokens, logprobs = _greedy_by_hand(backend, text_only)
+    with_frames = _request(_frames(3))
+    plain, asked, plain_frames, asked_frames = _answers(
+        backend,
+        text_only,
+        replace(text_only, want_confidence=True),
+        with_frames,
+        replace(with_frames, want_confidence=True),
+    )
+
+    assert plain.confidence is None and plain_frames.confidence is None
+    for without, with_ in ((plain, asked), (plain_frames, asked_frames)):
+        assert (with_.text, with_.tokens_in, with_.tokens_out, with_.visual_tokens) == (
+            without.text,
+            without.tokens_in,
+            without.tokens_out,
+            without.visual_tokens,
+        )
+        assert 0 < with_.confidence <= 1
+    assert asked.text == backend.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+    assert asked.confidence == pytest.approx(math.exp(sum(logprobs) / len(logprobs)), rel=1e-4)
+
+
+def test_confidence_stops_at_the_end_token(tiny_qwen25vl, tmp_path):
+    """The checkpoint's end token set to the greedy reply's k-th token: generation stops there, and the confidence
+    covers the k tokens before it only."""
+    probe = _backend(tiny_qwen25vl)
+    request = Request(5.0, "S1", (), "What is on screen?", max_new_tokens=12, want_confidence=True)
+    tokens, logprobs = _greedy_by_hand(probe, request)
+    asyncio.run(_close(probe))
+    k = next(i for i in range(1, len(tokens)) if tokens[i] not in tokens[:i])  # its first appearance
+    stopping = tmp_path / "stops"
+    shutil.copytree(tiny_qwen25vl, stopping)
+    generation = json.loads((stopping / "generation_config.json").read_text())
+    generation["eos_token_id"] = [tokens[k]]
+    (stopping / "generation_config.json").write_text(json.dumps(generation))
+
+    [reply] = _answers(_backend(stopping), request)
+    assert (reply.tokens_out, reply.finish_reason) == (k + 1, "stop")
+    assert reply.confidence == pytest.approx(math.exp(sum(logprobs[:k]) / k), rel=1e-4)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import math
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 
 from backends.base import BACKENDS
 from harness.benchmarks.base import DATASETS
+from harness.budget import Budget
 from harness.errors import ConfigError, RateLimitError, ServerError
 from harness.judge import Judge, JudgeConfig, JudgePrompt
 from harness.records import Frame, Request, Turn
@@ -299,3 +302,30 @@ def test_a_synthetic_job_end_to_end_through_the_server(openai_server, monkeypatc
     assert {r.route for r in records} == {"S1", "S2"}
     # the key reached the server's header and no file of the job
     assert not [p for p in out_dir.rglob("*") if p.is_file() and KEY in p.read_text(errors="replace")]
+
+
+def test_asked_for_confidence_the_request_sets_logprobs_and_the_reply_carries_their_mean_probability(
+    openai_server, monkeypatch, tmp_path
+):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    openai_server.reply = lambda body: Reply("B. blue circle", token_logprobs=(-0.2, -0.4, -0.6))
+    backend = _backend(openai_server.url)
+    backend.attach(ResponseCache(tmp_path / "responses.sqlite"), Budget(None))
+    request = Request(3.0, "S1", (_frame(0, 1.0, 32, 24),), "What shape is the blue object on screen now?")
+    asked = replace(request, want_confidence=True)
+    plain, first, again = asyncio.run(_generate(backend, request, asked, asked))
+
+    assert "logprobs" not in openai_server.bodies[0] and openai_server.bodies[1]["logprobs"] is True
+    assert plain.confidence is None and plain.text == first.text == "B. blue circle"
+    assert first.confidence == pytest.approx(math.exp(-0.4)) and not first.cached
+    assert again.cached and again.confidence == first.confidence  # the cache keeps it
+    assert len(openai_server.received) == 2 and BACKENDS.implementation("openai").gives_confidence
+
+
+def test_a_server_that_returns_no_logprobs_leaves_the_confidence_unset(openai_server, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    openai_server.logprobs = False
+    openai_server.reply = lambda body: "A. red"
+    [response] = asyncio.run(_generate(_backend(openai_server.url), Request(0.0, "S1", (), "Q", want_confidence=True)))
+    assert openai_server.bodies[0]["logprobs"] is True
+    assert response.text == "A. red" and response.confidence is None

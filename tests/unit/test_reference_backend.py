@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from backends.reference import HUES, SHAPES, LatencyProfile, Reference, ReferenceConfig, detect
+from backends.reference import HUES, SHAPES, SIGHT_S, LatencyProfile, Reference, ReferenceConfig, detect
 from harness.benchmarks.synthetic import Synthetic, SyntheticConfig
-from harness.benchmarks.synthetic_video import COLOURS, shape_outline
+from harness.benchmarks.synthetic_video import COLOURS, LIFETIME_S, shape_outline
 from harness.benchmarks.synthetic_video import SHAPES as SCENE_SHAPES
 from harness.errors import BackendError
 from harness.records import Frame, Request, StreamSample, Turn
@@ -61,6 +61,7 @@ def queries(videos, task: str):
 
 def test_vocabulary_matches_the_benchmark():
     assert list(HUES) == list(COLOURS) and SHAPES == SCENE_SHAPES
+    assert LIFETIME_S[0] / 2 == SIGHT_S  # frames 2 * SIGHT_S apart see every object at least once
 
 
 def test_detector_finds_each_colour_and_shape_and_ignores_grey():
@@ -213,3 +214,72 @@ def test_describe_lists_every_coloured_object_or_says_none(backend):
     cv2.rectangle(drawn, (100, 40), (136, 76), (0, 0, 255), -1)
     reply = ask(backend, [Frame(0, 0.0, drawn)], "Describe what is on screen now.").text
     assert "a red circle" in reply.lower() and "a blue square" in reply.lower() and reply.endswith("are on screen.")
+
+
+def ask_confidence(backend: Reference, frames, prompt: str, time_s: float | None = None, context=()):
+    frames = tuple(frames)
+    time_s = max((f.time_s for f in frames), default=0.0) if time_s is None else time_s
+    request = Request(time_s, "S1", frames, prompt, context=tuple(context), want_confidence=True)
+    return asyncio.run(backend.generate(request))
+
+
+def drawn(time_s: float, *shapes: tuple[str, str]) -> Frame:
+    """A grey frame with these (colour, shape) objects side by side."""
+    pixels = np.full((120, 320, 3), (120, 110, 95), np.uint8)
+    for i, (colour, shape) in enumerate(shapes):
+        cv2.fillPoly(pixels, [shape_outline(shape, 50 + 90 * i, 60, 36, 0.0)], COLOURS[colour], cv2.LINE_AA)
+    return Frame(round(time_s * 2), time_s, pixels)
+
+
+def test_confidence_is_set_only_when_asked_and_never_changes_the_reply(bench, videos, backend):
+    sample, frames = videos[0]
+    q = next(q for q in sample.queries if q.task == "realtime")
+    seen = [f for f in frames if f.time_s <= q.time_s][-8:]
+    plain = ask(backend, seen, bench.prompt(q))
+    asked = ask_confidence(backend, seen, bench.prompt(q), q.time_s)
+    assert plain.confidence is None and asked.text == plain.text and Reference.gives_confidence
+    assert ask_confidence(backend, seen, bench.prompt(q), q.time_s).confidence == asked.confidence
+
+
+def test_what_the_recent_frames_show_clearly_is_confident_and_a_guess_is_at_chance(bench, videos, backend):
+    """S1's window: questions about now are sure; a detail gone long ago is a guess among four options."""
+    for sample, frames, q in queries(videos, "realtime") + queries(videos, "clue"):
+        window = [f for f in frames if q.time_s - 4.0 <= f.time_s <= q.time_s + 1e-9]
+        reply = ask_confidence(backend, window, bench.prompt(q), q.time_s)
+        if q.task == "realtime":
+            assert reply.confidence == 1.0 and bench.parse(q, reply.text) == sample.truths[q.id].answer
+        else:
+            assert reply.confidence == pytest.approx(1 / len(q.options)) == 0.25
+
+
+def test_counts_so_far_are_as_sure_as_the_share_of_the_stream_their_frames_cover(bench, videos, backend):
+    for sample, frames, q in queries(videos, "reasoning"):
+        past = [f for f in frames if f.time_s <= q.time_s + 1e-9]
+        every_half_second = [f for f in past if round(f.time_s * 2) == f.time_s * 2]
+        full = ask_confidence(backend, every_half_second, bench.prompt(q), q.time_s)
+        window = ask_confidence(backend, every_half_second[-8:], bench.prompt(q), q.time_s)
+        assert full.confidence == 1.0 and bench.parse(q, full.text) == sample.truths[q.id].answer
+        seen_s = q.time_s - every_half_second[-8].time_s + SIGHT_S  # 3.5 s of frames, each seeing SIGHT_S around it
+        guess = window.text == f"A. {q.options[0]}" and window.confidence == 1 / len(q.options)  # count not offered
+        assert guess or window.confidence == pytest.approx(seen_s / q.time_s)
+        assert window.confidence < 0.5
+
+
+def test_coverage_counts_timed_notes_and_the_gaps_between_frames(backend):
+    prompt = "How many red objects have appeared so far?\nA. 0\nB. 1\nC. 2\nD. 3"
+    frames = [drawn(t, ("red", "circle")) for t in (9.0, 10.0)]  # [8.25, 10] seen of 10 s
+    assert ask_confidence(backend, frames, prompt).confidence == pytest.approx(1.75 / 10)
+    note = "[2.0 s] A red square is on screen."  # and [1.25, 2.75]
+    reply = ask_confidence(backend, frames, prompt, context=[note])
+    assert reply.text == "C. 2" and reply.confidence == pytest.approx(3.25 / 10)
+
+
+def test_a_changing_or_empty_screen_gives_low_confidence(backend):
+    prompt = "What colour is the circle on screen now?\nA. red\nB. blue\nC. green\nD. yellow"
+    changing = [drawn(4.0, ("blue", "circle")), drawn(4.5, ("red", "circle")), drawn(5.0, ("red", "circle"))]
+    reply = ask_confidence(backend, [drawn(1.0, ("blue", "circle")), *changing], prompt)  # 1.0 s: not recent
+    assert reply.text == "A. red" and reply.confidence == pytest.approx(2 / 3)
+    assert ask_confidence(backend, changing[1:], prompt).confidence == 1.0
+    assert ask_confidence(backend, [], "Is a red object on screen now? Answer yes or no.").confidence == 0.0
+    assert ask_confidence(backend, [], "Describe what is on screen now.").confidence == 0.0
+    assert ask_confidence(backend, [], prompt).confidence == 0.25  # no circle seen: a guess among four
