@@ -6,6 +6,7 @@ python -m analysis ablation outputs/<run> --axis router [--baseline uniform]
 python -m analysis efficiency outputs/<run>
 python -m analysis plot outputs/<run> --kind accuracy-vs-latency [-o figures/acc_latency]
 python -m analysis paper outputs/<run> --spec tables.yaml -o paper/tables/
+python -m analysis routing simulate|misroutes|rerun outputs/<run> --policy ...   # see analysis/routing_cli.py
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis import routing_cli
 from analysis.aggregate import METRICS, POLICIES
 from analysis.tables import FORMATS
 
 LEVELS = ("tasks", "categories", "overall")
-NAMES = ("completeness", "table", "ablation", "efficiency", "plot", "paper")
+NAMES = ("completeness", "table", "ablation", "efficiency", "plot", "paper", "routing")
 PLOT_KINDS = ("accuracy-vs-latency", "accuracy-vs-cost", "memory-growth")
 
 
@@ -66,6 +68,7 @@ def add(commands: Any) -> None:
     paper.add_argument("--spec", type=Path, required=True, help="the tables (see analysis/paper.py)")
     paper.add_argument("-o", "--output", type=Path, required=True, help="folder for <name>.tex and <name>.md")
     paper.add_argument("--allow-incomplete", action="store_true", help="render incomplete cells, marked")
+    routing_cli.add(commands)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from analysis.load import load
 
+    if args.command == "routing":
+        return routing_cli.run(args)
     if args.command == "paper":
         from analysis.paper import render_spec
 

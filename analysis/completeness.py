@@ -95,7 +95,7 @@ def check(run: Run) -> Report:
     root = run.roots[0]
     recorded = _recorded(run)
     planned_jobs = planned_overrides(root)
-    present = {frozenset(_overrides(job)): job for job in run.jobs.values() if _overrides(job)}
+    present = {frozenset(job_overrides(job)): job for job in run.jobs.values() if job_overrides(job)}
     missing = [o for o in planned_jobs if frozenset(o) not in present]
     missing_configs = [_compose(o) for o in missing]
     configs = {job.id: job.config for job in run.jobs.values()}
@@ -117,7 +117,7 @@ def marker_incomplete(run: Run) -> tuple[list[str], int]:
     incomplete = [job.id for job in run.jobs.values() if not _all_marked(job.path)]
     planned = 0
     for root in run.roots:
-        present = {frozenset(_overrides(j)) for j in run.jobs.values() if j.path.is_relative_to(root)}
+        present = {frozenset(job_overrides(j)) for j in run.jobs.values() if j.path.is_relative_to(root)}
         planned += sum(frozenset(o) not in present for o in planned_overrides(root))
     return incomplete, planned
 
@@ -247,8 +247,8 @@ def _job_cell(job: Job, recorded: dict[str, Any], axes: list[str], root: Path, n
         errors["budget_stop"] += (total - n) if total is not None else 0
     state = _cell_state(shards, total, n, status, errors)
     retry = state == "failed" and n and (total is None or n >= total)
-    command = None if state == "done" else resume_command(_overrides(job), root, retry_errors=bool(retry))
-    if state != "done" and not _overrides(job):
+    command = None if state == "done" else resume_command(job_overrides(job), root, retry_errors=bool(retry))
+    if state != "done" and not job_overrides(job):
         command = None
         cell_notes.append("no status.json or .hydra/overrides.yaml: rerun the command that made this job")
     return Cell(labels, job.id, state, total, n, _ordered(errors), tuple(shards), tuple(cell_notes), command)
@@ -342,7 +342,7 @@ def _all_marked(job_dir: Path) -> bool:
     return any(len(indices) == count for count, indices in done.items())
 
 
-def _overrides(job: Job) -> list[str]:
+def job_overrides(job: Job) -> list[str]:
     overrides = job.status.get("overrides")
     if isinstance(overrides, list):
         return [str(o) for o in overrides]

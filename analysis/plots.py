@@ -30,6 +30,11 @@ def plot(run: Run, kind: str, out: Path, policy: str = "official", latency: str 
         figure = _memory_growth(run)
     else:
         figure = _accuracy_vs(run, "cost" if kind == "accuracy-vs-cost" else "latency", policy, latency)
+    return save(figure, out)
+
+
+def save(figure: plt.Figure, out: Path) -> list[Path]:
+    """Writes out.png and out.pdf (no creation date: reruns give the same PDF), closes the figure."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".pdf")]

@@ -1,8 +1,10 @@
-"""The three failure families a user can act on; each message says where, what, and what to do.
+"""The failures a user can act on; each message says where, what, and what to do.
 
 API backends raise a typed BackendError once their retry policy gives up, so a record's error string starts
 with the cause (RateLimitError, ServerError, ApiTimeoutError, ClientError) and tables can count by cause.
 """
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -31,3 +33,27 @@ class ApiTimeoutError(BackendError):
 
 class ClientError(BackendError):
     """The request itself was refused (400, 401, 403, 404, too many or too large images): never retried."""
+
+
+class ShardBusy(RuntimeError):
+    """Another live process holds the lock of a shard this job would write: names the shard, who holds it
+    since when, and what to do (harness/runner/lock.py)."""
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the job cleanly (harness/runner/interrupt.py): records on disk are kept, no
+    shard was marked done, and rerunning the same command resumes. The exit status is 128 + the signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(
+            f"{signal.Signals(signum).name} received: the job stopped; its records are kept and rerunning the "
+            "same command resumes it"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:  # pickled back from launcher workers
+        return Interrupted, (self.signum,)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

@@ -2,8 +2,8 @@
 
 Its input is the question's sentence embedding (all-MiniLM-L6-v2, as the semantic policy) and the stream
 state (query time, frames in memory, seconds since the last scene change), each feature standardised with
-its training mean and std. The model is a JSON file written by `python -m harness.train_scheduler RUN_DIR` from a run where
-both routes answered every query: readable, diffable, and counted by content in the job's hash.
+its training mean and std. The model is a JSON file written by `python -m harness.train_scheduler RUN_DIR`
+from a run where both routes answered every query: readable, diffable, and counted by content in the job's hash.
 """
 
 from __future__ import annotations

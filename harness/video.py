@@ -9,6 +9,7 @@ of sampled frames ahead of the simulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import queue
 import threading
@@ -97,6 +98,8 @@ class FrameReader:
                 self._queue.get_nowait()
             except queue.Empty:
                 self._thread.join(0.01)
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait(_END)  # wakes a get still waiting in a worker thread (a cancelled consumer)
 
     def _run(self, path: str | Path, fps: float, max_side: int) -> None:
         try:

@@ -16,10 +16,11 @@ import asyncio
 import json
 import logging
 import platform
+import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +37,18 @@ from harness.budget import Budget
 from harness.config import Job, RunConfig, Scoring, ShardConfig, plain
 from harness.embedding_cache import CacheCounts, EmbeddingCache, StreamTokens
 from harness.encoders.base import ENCODERS, Encoder
-from harness.errors import ConfigError
+from harness.errors import ConfigError, Interrupted
 from harness.estimate import Estimate, estimate_job
 from harness.judge import Judge, JudgedBenchmark, Verdict, is_judged
 from harness.memory.base import MEMORIES
 from harness.records import RECORD_SCHEMA, Query, ResultRecord, StreamSample
 from harness.response_cache import ResponseCache
 from harness.routers.base import ROUTERS
-from harness.runner import store
+from harness.runner import interrupt, lock, store
 from harness.runner.plan import by_shard, shards_to_run
 from harness.scheduler import SCHEDULERS
 from harness.simulator import answer_time, play
-from harness.system import Answer, PathAnswer, Span, StreamSystem
+from harness.system import Answer, LatencySource, PathAnswer, Span, StreamSystem, latency_model
 from harness.video import FrameReader
 
 log = logging.getLogger(__name__)
@@ -68,10 +69,21 @@ class JobResult:
 
 
 def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
+    """The job, holding the locks of the shard files it writes from before it writes anything until it ends:
+    a second process asked for one of them fails at once (ShardBusy). SIGTERM or SIGINT stops it cleanly
+    (Interrupted, raised once the manifest says so); `run.estimate=true` writes nothing and takes no lock."""
+    planned = [] if run.estimate else shards_to_run(shard.count, shard.index)
+    shards_dir = Path(out_dir) / "shards"
+    with lock.hold([shards_dir / f"{store.shard_stem(i, shard.count)}.lock" for i in planned]):
+        return _run_job(job, run, shard, Path(out_dir))
+
+
+def _run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_hash = job.config_hash()
     _refuse_other_config(out_dir, job, config_hash)
+    _check_latency_models(job)
     if run.estimate:
         return _estimate_only(job, run, shard, out_dir)
     spent_before = _spent_before(out_dir)
@@ -82,13 +94,13 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
     policy = getattr(job.dataset.config, "on_bad_item", BadItem.fail)
     samples, skipped = screen(benchmark.load(), policy, job.dataset.name, run.progress)
     shards_dir = out_dir / "shards"
-    existing = _existing_records(shards_dir, run.retry_errors)
+    planned = shards_to_run(shard.count, shard.index)
+    existing = _existing_records(shards_dir, run.retry_errors, {store.shard_stem(i, shard.count) for i in planned})
     if spent_before is None:  # a folder from before spending was tracked: its records' price is the best bound
         spent_before = sum(r.cost_usd for r in existing.values())
     manifest["spent_usd_total"] = spent_before  # kept if this run dies: the next one still counts it
     store.write_json(out_dir / "manifest.json", manifest)
     budget = Budget(run.budget_usd, spent_before)
-    planned = shards_to_run(shard.count, shard.index)
     grouped = by_shard(samples, shard.count)
     only = _only_queries(run.only_queries)
     todo = [(i, s) for i in planned for s in grouped[i] if any(_wanted(q.id, existing, only) for q in s.queries)]
@@ -100,14 +112,15 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         torch.set_num_threads(run.torch_threads)
     stats = _Stats()
     n_queries = sum(_wanted(q.id, existing, only) for _, s in todo for q in s.queries)
+    interrupted: Interrupted | None = None  # a signal that stopped the streams: no shard is done, no summary is written
     if todo:
         with tqdm(total=n_queries, desc=label, unit="query", disable=not run.progress) as bar:
-            asyncio.run(
+            interrupted = _interruptible(
                 _play_all(
                     job, run, shard.count, todo, existing, benchmark, shards_dir, config_hash, bar, stats, budget, only
                 )
             )
-    stopped = budget.reached or bool(stats.batches_pending)
+    stopped = budget.reached or bool(stats.batches_pending) or interrupted is not None
     recorded = existing.keys() | stats.written.keys()
     for index in planned:  # a shard is done only when every query has its record (not so after run.only_queries)
         if not stopped and all(q.id in recorded for s in grouped[index] for q in s.queries):
@@ -116,7 +129,8 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
 
     summary = summarize({**existing, **stats.written}.values(), benchmark.tasks)
     summary["skipped"] = len(skipped)
-    _write_summary(out_dir, label, config_hash, summary, benchmark.tasks, run.scoring == Scoring.robust)
+    if interrupted is None:
+        _write_summary(out_dir, label, config_hash, summary, benchmark.tasks, run.scoring == Scoring.robust)
     manifest.update(
         ended=_now(),
         reused=reused,
@@ -135,8 +149,12 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         embeddings=vars(stats.embeddings),
         decode_s=round(stats.decode_s, 3),
         skipped=[{"sample": p.sample_id, "query": p.query_id, "problem": p.text} for p in skipped],
+        interrupted=None if interrupted is None else signal.Signals(interrupted.signum).name,
     )
     store.write_json(out_dir / "manifest.json", manifest)
+    if interrupted is not None:
+        log.warning("%s: %s (%d new records kept)", label, interrupted, stats.new)
+        raise interrupted
     if budget.reached:
         log.warning(
             "%s: run.budget_usd=%g reached ($%.4f spent in all): %d queries not asked and not recorded; "
@@ -192,6 +210,15 @@ def run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobR
         budget.reached,
         tuple(stats.batches_pending),
     )
+
+
+def _interruptible(main: Coroutine[Any, Any, None]) -> Interrupted | None:
+    """Plays the streams; SIGTERM or SIGINT stops them cleanly and is returned, for the manifest to say so."""
+    try:
+        interrupt.run(main)
+    except Interrupted as e:
+        return e
+    return None
 
 
 def _estimate_only(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> JobResult:
@@ -334,6 +361,21 @@ def _backends(job: Job) -> dict[str, Backend]:
     return routes
 
 
+def _check_latency_models(job: Job) -> None:
+    """`system.latency=modelled` needs, per route, a latency model of its own or one from the backend."""
+    if job.system.latency != LatencySource.modelled:
+        return
+    for route, choice in job.route_backends().items():
+        if latency_model(job.system, route) is None and not getattr(
+            BACKENDS.implementation(choice.name), "models_latency", False
+        ):
+            raise ConfigError(
+                f"system.latency=modelled: the {route} backend ({choice.name}) has no latency model; set "
+                f"system.{route.lower()}.latency_model={{base_s: ..., per_frame_s: ..., per_visual_token_s: ..., "
+                "per_output_token_s: ...}} (seconds), or use system.latency=measured"
+            )
+
+
 def _only_queries(path: str | None) -> frozenset[str] | None:
     """The query ids of `run.only_queries` (one per line); None: every query."""
     if path is None:
@@ -428,6 +470,7 @@ def _record(
             "response": path.text,
             "parsed": parsed,
             "score": score,
+            "subscores": subscores,
             "confidence": path.confidence,
             "response_time_s": path.response_time_s,
             "answered_at_s": path.answered_at_s,
@@ -483,12 +526,15 @@ def _scored(
     return parsed, score, dict(subscores)
 
 
-def _existing_records(shards_dir: Path, retry_errors: bool) -> dict[str, ResultRecord]:
-    """Every record of the job folder by query id, whatever shard count wrote it."""
+def _existing_records(shards_dir: Path, retry_errors: bool, mine: Collection[str] = ()) -> dict[str, ResultRecord]:
+    """Every record of the job folder by query id, whatever shard count wrote it. With retry_errors, error
+    records are dropped from the files this job holds (`mine`, by stem) or nobody holds (no lock file); a shard
+    another process holds keeps its errors, and they are not retried here."""
     found: dict[str, ResultRecord] = {}
     for path in sorted(shards_dir.glob("shard-*.jsonl")):
         records = store.load_records(path)
-        if retry_errors and any(r.has_error for r in records):
+        free = path.stem in mine or not path.with_suffix(".lock").exists()
+        if retry_errors and free and any(r.has_error for r in records):
             records = [r for r in records if not r.has_error]
             store.rewrite(path, records)
             path.with_suffix(".done").unlink(missing_ok=True)

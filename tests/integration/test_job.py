@@ -227,3 +227,30 @@ def test_s1_and_s2_on_their_own_backends_one_instance_per_distinct_config(data_r
     same, *_ = compose_job(data_root, "backend@system.s1.backend=reference")  # the job's own config: loaded once
     shared = job_module._backends(same)
     assert shared["S1"] is shared["S2"]
+
+
+def test_both_records_each_routes_answer_score_and_usage_and_keeps_the_configured_one(data_root, tmp_path):
+    run_job(*compose_job(data_root, "scheduler=both", "router=uniform"), tmp_path / "job")
+    records = store.read_job(tmp_path / "job")
+    assert records and not any(r.has_error for r in records)
+    for record in records:
+        s1, s2 = record.paths["S1"], record.paths["S2"]
+        assert (record.policy, record.route, record.response, record.score) == (
+            "both",
+            "S2",
+            s2["response"],
+            s2["score"],
+        )
+        assert record.n_calls == s1["n_calls"] + s2["n_calls"] and s1["confidence"] is not None
+        assert record.kind == "proactive" or s1["n_calls"] == s2["n_calls"] == 1  # a proactive query polls each
+        assert record.cost_usd == pytest.approx(s1["cost_usd"] + s2["cost_usd"])
+        assert record.question and set(record.features) == {"memory_frames", "since_scene_change_s"}
+
+
+def test_modelled_latency_without_a_latency_model_fails_before_any_work(data_root, tmp_path):
+    job, run, shard = compose_job(data_root, "system.latency=modelled", "backend@system.s2.backend=openai")
+    with pytest.raises(
+        ConfigError, match=r"the S2 backend \(openai\) has no latency model; set system.s2.latency_model="
+    ):
+        run_job(job, run, shard, tmp_path / "job")
+    assert not list((tmp_path / "job").rglob("*.jsonl"))
