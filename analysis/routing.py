@@ -33,7 +33,7 @@ USAGE = ("cost_usd", "latency_s", "modelled_latency_s")
 LATENCIES = {"measured": "latency_s", "modelled": "modelled_latency_s"}
 _QUERY = ("query_id", "sample_id", "task", "kind", "time_s", "question", "memory_frames", "since_scene_change_s",
           "route", "route_reason", "route_score", "policy")  # fmt: skip
-_ROUTE = ("asked", "score", "cause", *USAGE, "confidence", "response", "parsed")
+_ROUTE = ("asked", "score", "cause", *USAGE, *(f"polls.{u}" for u in USAGE), "confidence", "response", "parsed")
 COLUMNS = (*_QUERY, *(f"{r}.{c}" for r in ROUTES for c in _ROUTE), *(f"recorded.{u}" for u in USAGE))
 
 
@@ -88,7 +88,7 @@ def load_answers(run_dir: Path, with_dirs: Sequence[Path] = ()) -> list[Answers]
 
 
 def pay(answers: Answers, latency: str, how: str = "switch") -> Pay:
-    """`switch`: only the route whose answer counts is paid; `cascade`: S1 always, S2 too when escalated;
+    """`switch`: only the route whose answer counts is paid; `cascade`: S1 always, S2's answer too when escalated;
     `recorded`: what the run paid (its policy's own calls included; a `both` run: the kept route only)."""
     frame, out = answers.frame, {}
     for usage, column in (("cost_usd", "cost_usd"), ("latency_s", LATENCIES[latency])):
@@ -97,7 +97,9 @@ def pay(answers: Answers, latency: str, how: str = "switch") -> Pay:
             out[usage] = (paid, paid)
         else:
             s1, s2 = (frame[f"{r}.{column}"].to_numpy(float) for r in ROUTES)
-            out[usage] = (s1, s1 + s2 if how == "cascade" else s2)
+            # an escalated cascade asks S2 once S1's trigger fired: S2's own polls (a `both` run) are not paid
+            escalated = s1 + s2 - frame[f"S2.polls.{column}"].to_numpy(float)
+            out[usage] = (s1, escalated if how == "cascade" else s2)
     return Pay(**out)
 
 
@@ -198,6 +200,8 @@ def _row(record: ResultRecord) -> dict[str, Any]:
             value = None if path is None else path.get(usage)
             unknown = usage == "modelled_latency_s" and score is not None
             row[f"{route}.{usage}"] = (math.nan if unknown else 0.0) if value is None else float(value)
+            polled = None if path is None else path.get("polls", {}).get(usage)  # a proactive query's polls
+            row[f"{route}.polls.{usage}"] = 0.0 if polled is None else float(polled)
         row[f"{route}.confidence"] = _number(None if path is None else path.get("confidence"))
         row[f"{route}.response"] = None if path is None else path.get("response")
         row[f"{route}.parsed"] = None if path is None else path.get("parsed")

@@ -145,7 +145,7 @@ class _Player:
         state, now_s = self.polling[query.id], self.start_s
         last = query.poll_window_s[1] if query.poll_window_s is not None else None
         if self.clock.ended_before(now_s) or (last is not None and now_s > last + 1e-6):
-            state.paths[route] = PathAnswer(None, usage=state.polled[route])  # never fired
+            state.paths[route] = PathAnswer(None, usage=state.polled[route], polls=state.polled[route])  # never fired
         elif await self.system.poll(query, route, now_s, state.polled[route]):
             decision, paths = await self.system.answer(query, state.decision, now_s, state.polled, both=(route,))
             state.decision = decision  # an escalated cascade says S2

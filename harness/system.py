@@ -177,6 +177,7 @@ class PathAnswer:
     frame_times_s: tuple[float, ...] = ()
     usage: Usage = field(default_factory=Usage)
     confidence: float | None = None  # asked for by a cascade (or recorded by `both` where free)
+    polls: Usage | None = None  # a proactive query's trigger polls on this route (included in `usage`)
     response_time_s: float | None = None  # proactive: stream time of the answer
     answered_at_s: float | None = None  # realtime: stream time the answer was out
 
@@ -214,9 +215,7 @@ class Answer:
 
     @property
     def usage(self) -> Usage:
-        total = Usage()
-        for path in (self.scheduler, *(p.usage for p in self.paths.values())):
-            total.merge(path)
+        total = _sum(self.scheduler, *(p.usage for p in self.paths.values()))
         total.ttft_s = self.kept.usage.ttft_s
         return total
 
@@ -294,9 +293,9 @@ class StreamSystem:
         `both`: the routes of a `both` plan to ask now (a proactive query's routes fire at their own times)."""
         polled = polled or {}
         if decision.plan == Plan.both:
-            paths = {r: await self._ask(query, r, now_s, polled.get(r), want_confidence=True) for r in both}
+            paths = {r: await self._ask(query, r, now_s, want_confidence=True) for r in both}
         elif decision.plan == Plan.cascade:
-            first = await self._ask(query, "S1", now_s, polled.get("S1"), decision.confidence_prompt or None)
+            first = await self._ask(query, "S1", now_s, confidence_prompt=decision.confidence_prompt or None)
             paths = {"S1": first}
             confidence, threshold = first.confidence, decision.threshold or 0.0
             shown = "unstated" if confidence is None else f"{confidence:.2f}"
@@ -304,11 +303,14 @@ class StreamSystem:
                 reason = f"cascade: S1 confidence {shown} >= {threshold:g}"
                 decision = replace(decision, reason=reason, score=confidence)
             else:
-                paths["S2"] = await self._ask(query, "S2", now_s, polled.get("S2"))
+                paths["S2"] = await self._ask(query, "S2", now_s)
                 reason = f"cascade: S1 confidence {shown} < {threshold:g}, S2 answered"
                 decision = replace(decision, route="S2", reason=reason, score=confidence)
         else:
-            paths = {decision.route: await self._ask(query, decision.route, now_s, polled.get(decision.route))}
+            paths = {decision.route: await self._ask(query, decision.route, now_s)}
+        for route, path in paths.items():  # a proactive query's polls belong to its route's usage
+            if route in polled:
+                path.polls, path.usage = polled[route], _sum(polled[route], path.usage)
         kept = paths.get(decision.route)
         if kept is not None and kept.text is not None:
             self.remember(query, kept.text)
@@ -330,13 +332,12 @@ class StreamSystem:
         query: Query,
         route: Route,
         now_s: float,
-        usage: Usage | None = None,
         confidence_prompt: str | None = None,
         want_confidence: bool = False,
     ) -> PathAnswer:
         """One route's answer. `confidence_prompt`: a cascade's S1, which needs a confidence: the backend's own
         where it gives one, else the model is asked to state it (read from, then cut off, its reply)."""
-        usage = usage if usage is not None else Usage()
+        usage = Usage()
         frames, context = await self._inputs(query, route, now_s)
         backend = self._backends[route]
         gives = getattr(backend, "gives_confidence", False)
@@ -432,6 +433,13 @@ class StreamSystem:
         if self._thumbnail is not None and float(np.abs(thumbnail - self._thumbnail).mean()) > SCENE_CHANGE:
             self._scene_change_s = frame.time_s
         self._thumbnail = thumbnail
+
+
+def _sum(*usages: Usage) -> Usage:
+    total = Usage()
+    for usage in usages:
+        total.merge(usage)
+    return total
 
 
 def latency_model(cfg: SystemConfig, route: Route) -> LatencyModel | None:

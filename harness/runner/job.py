@@ -475,6 +475,9 @@ def _record(
             "response_time_s": path.response_time_s,
             "answered_at_s": path.answered_at_s,
         }
+        if path.polls is not None and path.polls.n_calls:  # a proactive query's polls, within the usage above
+            polls = vars(path.polls)
+            paths[route]["polls"] = {k: polls[k] for k in ("n_calls", "latency_s", "modelled_latency_s", "cost_usd")}
         if route == outcome.decision.route:
             kept = {"parsed": parsed, "score": score, "subscores": subscores}
     verdict, judge_outputs = judged.get(outcome.decision.route, (None, {}))

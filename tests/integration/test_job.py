@@ -243,6 +243,8 @@ def test_both_records_each_routes_answer_score_and_usage_and_keeps_the_configure
         )
         assert record.n_calls == s1["n_calls"] + s2["n_calls"] and s1["confidence"] is not None
         assert record.kind == "proactive" or s1["n_calls"] == s2["n_calls"] == 1  # a proactive query polls each
+        if record.kind == "proactive":  # its polls are counted apart too (a simulated cascade pays S2's answer only)
+            assert 0 < s2["polls"]["n_calls"] <= s2["n_calls"] and s2["polls"]["latency_s"] <= s2["latency_s"]
         assert record.cost_usd == pytest.approx(s1["cost_usd"] + s2["cost_usd"])
         assert record.question and set(record.features) == {"memory_frames", "since_scene_change_s"}
 
