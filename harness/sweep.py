@@ -1,8 +1,15 @@
-"""The sweep table: one row per job, built from the job folders alone.
+"""The sweep's bookkeeping, written by a Hydra callback from wherever each job runs (this process, a joblib
+worker, a SLURM node, a Ray worker): the plan of every multirun, a status file per job with a heartbeat, and the
+sweep table.
 
-Hydra 1.3 skips `on_multirun_end` when a job failed, so the table is rebuilt after every job
-from what is on disk (`status.json`, `summary.json`) and printed when the last planned job ends.
-The callback never raises: a failure to write bookkeeping must not fail a job.
+Hydra 1.3 skips `on_multirun_end` when a job failed, and never calls `on_job_end` for a killed job, so nothing
+here is a summary kept in memory: `python -m harness status` (harness/status.py) crosses the plans with these
+files. The callback never raises: a failure to write bookkeeping must not fail a job.
+
+<sweep>/.plans/<time>-<pid>.json   every multirun's planned jobs: folder, overrides, shards (kept across reruns)
+<sweep>/.jobs/                     the latest multirun's job pointers, for the table printed when it ends
+<job>/status.json, <job>/error.txt                  the job that runs every shard of its cell
+<job>/status/shard-0003-of-0016.json, .error.txt     a job of one shard (`shard.index` swept)
 """
 
 from __future__ import annotations
@@ -13,8 +20,10 @@ import os
 import shutil
 import socket
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +34,32 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.summary import markdown, table_headers, table_row
-from harness.runner.store import write_json
+from harness.runner.store import shard_stem, write_json
 
 log = logging.getLogger(__name__)
-LEDGER = ".jobs"  # per-job pointers of the current sweep, under the sweep folder
+LEDGER = ".jobs"  # per-job pointers of the latest multirun, under the sweep folder
+PLANS = ".plans"  # the planned jobs of every multirun into the sweep folder
+HEARTBEAT_S = 30.0  # a running job rewrites its status file this often; HARNESS_HEARTBEAT_S overrides it
+HEARTBEAT_ENV = "HARNESS_HEARTBEAT_S"
+
+
+def status_files(job_dir: Path, shard_count: int, shard_index: int | None) -> tuple[Path, Path]:
+    """(status file, traceback file) of the job that runs one shard of a cell, or all of them (index None)."""
+    if shard_index is None:
+        return job_dir / "status.json", job_dir / "error.txt"
+    stem = shard_stem(shard_index, shard_count)
+    return job_dir / "status" / f"{stem}.json", job_dir / "status" / f"{stem}.error.txt"
+
+
+def expand_sweep(params: Mapping[str, Any], overrides: Sequence[str], config_loader: Any = None) -> list[list[str]]:
+    """The override list of every job, as Hydra's basic sweeper expands the sweeper params and the command line
+    (a cartesian product; a command-line key replaces the same params key). The config loader expands glob()."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    parsed = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def sweep_table(sweep_dir: Path, robust: bool = False) -> tuple[str, list[dict[str, Any]]]:
@@ -38,18 +69,22 @@ def sweep_table(sweep_dir: Path, robust: bool = False) -> tuple[str, list[dict[s
     jobs, tasks = [], []
     for entry in entries:
         job_dir = sweep_dir / entry["dir"]
-        status = _read_json(job_dir / "status.json") or {"status": "missing"}
+        status = _read_json(sweep_dir / entry.get("status", Path(entry["dir"]) / "status.json"))
+        status = status or {"status": "missing"}
         summary = _read_json(job_dir / "summary.json") if status["status"] == "completed" else None
         for task in (summary or {}).get("tasks", {}):
             if task not in tasks:
                 tasks.append(task)
         jobs.append({"dir": entry["dir"], "overrides": entry["overrides"], "status": status, "summary": summary})
-    rows = [table_row(j["dir"], _status_cell(j["status"]), j["summary"], tasks, robust) for j in jobs]
+    rows = [table_row(_row_name(j), _status_cell(j["status"]), j["summary"], tasks, robust) for j in jobs]
     return markdown(table_headers(tasks, robust), rows), jobs
 
 
 class SweepLedger(Callback):
-    """Keeps the ledger of real runs only: a `run.estimate=true` sweep leaves the last sweep's table alone."""
+    """Keeps the ledger of real runs only: a `run.estimate=true` sweep leaves the last sweep's files alone."""
+
+    def __init__(self) -> None:
+        self._beats: dict[Path, _Heartbeat] = {}  # status file -> its running heartbeat, in the job's process
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not _estimating(config):
@@ -67,35 +102,62 @@ class SweepLedger(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         shutil.rmtree(sweep_dir / LEDGER, ignore_errors=True)
         (sweep_dir / LEDGER).mkdir(parents=True)
-        write_json(sweep_dir / LEDGER / "plan.json", {"argv": sys.argv, "jobs": _planned_jobs(config)})
+        jobs = _plan(config)
+        write_json(sweep_dir / LEDGER / "plan.json", {"argv": sys.argv, "jobs": len(jobs)})
+        plan = {
+            "argv": sys.argv,
+            "launcher": OmegaConf.select(config, "hydra.runtime.choices.launcher"),
+            "hydra_overrides": [o for o in config.hydra.overrides.hydra if not o.startswith("hydra.mode=")],
+            "jobs": jobs,
+        }
+        write_json(sweep_dir / PLANS / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.json", plan)
 
     def _job_start(self, config: DictConfig) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
-        overrides = list(config.hydra.overrides.task)
-        write_json(
-            job_dir / "status.json",
-            {
-                "status": "running",
-                "started": time.time(),
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "overrides": overrides,
-            },
-        )
+        count, index = int(config.shard.count), config.shard.index
+        status_path, _ = status_files(job_dir, count, index)
+        previous = _read_json(status_path) or {}
+        now = time.time()
+        status = {
+            "status": "running",
+            "started": now,
+            "heartbeat": now,
+            "heartbeat_s": _heartbeat_s(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "job_id": str(OmegaConf.select(config, "hydra.job.id", default="")),  # SLURM's id under submitit
+            "attempt": int(previous.get("attempt", 0)) + 1,  # a requeued or rerun job counts up
+            "launcher": OmegaConf.select(config, "hydra.runtime.choices.launcher"),
+            "overrides": list(config.hydra.overrides.task),
+            "shard_count": count,
+            "shard_index": index,
+        }
+        write_json(status_path, status)
+        beat = _Heartbeat(status_path, status)
+        self._beats[status_path] = beat
+        beat.start()
         if _is_multirun():
             sweep_dir = Path(config.hydra.sweep.dir)
-            entry = {"dir": os.path.relpath(job_dir, sweep_dir), "overrides": overrides}
+            entry = {
+                "dir": os.path.relpath(job_dir, sweep_dir),
+                "status": os.path.relpath(status_path, sweep_dir),
+                "overrides": status["overrides"],
+            }
             write_json(sweep_dir / LEDGER / f"job-{config.hydra.job.num}.json", entry)
 
     def _job_end(self, config: DictConfig, job_return: JobReturn) -> None:
         job_dir = Path(config.hydra.runtime.output_dir)
-        status = _read_json(job_dir / "status.json") or {}
+        status_path, traceback_path = status_files(job_dir, int(config.shard.count), config.shard.index)
+        beat = self._beats.pop(status_path, None)
+        status = beat.stop() if beat is not None else _read_json(status_path) or {}
         status.update(status="completed", ended=time.time())
         if job_return.status != JobStatus.COMPLETED:
             error = job_return._return_value
-            status.update(status="failed", error=(f"{type(error).__name__}: {error}".splitlines() or [""])[0])
-            (job_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
-        write_json(job_dir / "status.json", status)
+            first = (f"{type(error).__name__}: {error}".splitlines() or [""])[0]
+            status.update(status="failed", error=first, traceback=str(traceback_path.relative_to(job_dir)))
+            traceback_path.parent.mkdir(parents=True, exist_ok=True)
+            traceback_path.write_text("".join(traceback.format_exception(error)))
+        write_json(status_path, status)
         if not _is_multirun():
             return
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -111,15 +173,75 @@ class SweepLedger(Callback):
                 print(f"{len(failed)} job(s) failed; see error.txt in their folders.", flush=True)
 
 
-def _planned_jobs(config: DictConfig) -> int:
-    """How many jobs the basic sweeper will launch (cartesian product of the sweep axes)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+class _Heartbeat(threading.Thread):
+    """Rewrites a running job's status file every few seconds, so a job killed without warning (SIGKILL, out of
+    memory, a lost node) shows as stale instead of running forever."""
+
+    def __init__(self, path: Path, status: dict[str, Any]) -> None:
+        super().__init__(name=f"heartbeat {path}", daemon=True)
+        self.path, self.status = path, status
+        self._stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.status["heartbeat_s"]):
+            self.status["heartbeat"] = time.time()
+            try:
+                write_json(self.path, self.status)
+            except OSError:  # a full or flaky disk must not kill the job; the next beat tries again
+                log.debug("heartbeat of %s not written", self.path, exc_info=True)
+
+    def stop(self) -> dict[str, Any]:
+        """Stops the beats (the last one finishes first) and gives the status they were writing."""
+        self._stopped.set()
+        self.join()
+        return self.status
+
+
+def _plan(config: DictConfig) -> list[dict[str, Any]]:
+    """Every job the multirun will launch: its folder under the sweep, its overrides and its shards."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra = GlobalHydra.instance()
+    loader = hydra.config_loader() if hydra.is_initialized() else None
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    jobs = []
+    for overrides in expand_sweep(params, list(config.hydra.overrides.task), loader):
+        values = dict(o.split("=", 1) for o in overrides if "=" in o)
+        index = values.get("shard.index", config.shard.index)
+        jobs.append(
+            {
+                "dir": _job_dir(config, overrides),
+                "overrides": overrides,
+                "shard_count": int(values.get("shard.count", config.shard.count)),
+                "shard_index": None if index in (None, "null") else int(index),
+            }
+        )
+    return jobs
+
+
+def _job_dir(config: DictConfig, overrides: list[str]) -> str:
+    """The job's folder under the sweep folder, named by Hydra's rule (hydra.sweep.subdir from override_dirname)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    parsed = [o for o in OverridesParser.create().parse_overrides(overrides) if not o.is_hydra_override()]
+    naming = config.hydra.job.config.override_dirname
+    dirname = get_overrides_dirname(parsed, list(naming.exclude_keys), naming.item_sep, naming.kv_sep)
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]  # type: ignore[index]
+    node = OmegaConf.create({"hydra": {"job": {"override_dirname": dirname}}, "subdir": subdir})
+    try:
+        return str(node.subdir)
+    except Exception:  # a subdir naming the job by something else (hydra:runtime...): conf/config.yaml's rule
+        from harness.config import slug
+
+        return slug(dirname)
+
+
+def _heartbeat_s() -> float:
+    try:
+        return max(0.1, float(os.environ.get(HEARTBEAT_ENV, HEARTBEAT_S)))
+    except ValueError:
+        return HEARTBEAT_S
 
 
 def _estimating(config: DictConfig) -> bool:
@@ -128,6 +250,11 @@ def _estimating(config: DictConfig) -> bool:
 
 def _is_multirun() -> bool:
     return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _row_name(job: dict[str, Any]) -> str:
+    index = job["status"].get("shard_index")
+    return job["dir"] if index is None else f"{job['dir']} shard {index}"
 
 
 def _status_cell(status: dict[str, Any]) -> str:
