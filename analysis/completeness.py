@@ -123,7 +123,8 @@ def marker_incomplete(run: Run) -> tuple[list[str], int]:
 
 
 def planned_overrides(root: Path) -> list[list[str]]:
-    """The override list of every job of the sweep recorded in root/multirun.yaml (empty when there is none)."""
+    """The override list of every cell of the sweep recorded in root/multirun.yaml (empty when there is none).
+    A cell is a job folder: jobs of one shard each (`shard.index` swept) write into their cell's folder."""
     path = root / "multirun.yaml"
     try:
         config = yaml.safe_load(path.read_text()) or {}
@@ -132,12 +133,18 @@ def planned_overrides(root: Path) -> list[list[str]]:
     hydra = config.get("hydra") or {}
     params = (hydra.get("sweeper") or {}).get("params") or {}
     task = ((hydra.get("overrides") or {}).get("task")) or []
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from harness.sweep import expand_sweep
 
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(task)
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    cells: dict[tuple[str, ...], list[str]] = {}
+    for job in expand_sweep(params, task):
+        cell = _cell(job)
+        cells.setdefault(tuple(cell), cell)
+    return list(cells.values())
+
+
+def _cell(overrides: Sequence[str]) -> list[str]:
+    """The overrides without the shard selection (a cell resumes all its shards; recorded queries are kept)."""
+    return [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "shard.index"]
 
 
 def resume_command(overrides: Sequence[str], root: Path, retry_errors: bool = False) -> str:
@@ -343,14 +350,15 @@ def _all_marked(job_dir: Path) -> bool:
 
 
 def job_overrides(job: Job) -> list[str]:
+    """The overrides that made the job's cell (the shard selection left out)."""
     overrides = job.status.get("overrides")
     if isinstance(overrides, list):
-        return [str(o) for o in overrides]
+        return _cell([str(o) for o in overrides])
     try:
         saved = yaml.safe_load((job.path / ".hydra" / "overrides.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return []
-    return [str(o) for o in saved] if isinstance(saved, list) else []
+    return _cell([str(o) for o in saved]) if isinstance(saved, list) else []
 
 
 def _compose(overrides: list[str]) -> dict[str, Any] | None:

@@ -34,6 +34,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.summary import markdown, table_headers, table_row
+from harness.errors import Interrupted
 from harness.runner.store import shard_stem, write_json
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,9 @@ class SweepLedger(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _estimating(config):
             _quietly(self._job_end, config, job_return)
+        error = job_return._return_value if job_return.status == JobStatus.FAILED else None
+        if isinstance(error, Interrupted):  # SIGTERM/SIGINT: the sweep stops here, no later job starts
+            raise SystemExit(error.exit_code)  # not an Exception: Hydra's callback runner lets it through
 
     def _start(self, config: DictConfig) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
