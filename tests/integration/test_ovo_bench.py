@@ -244,7 +244,7 @@ def test_bad_items_stop_the_job_or_are_skipped_and_export_as_null(tmp_path):
     job, run, shard = _job(root)
     with pytest.raises(DataError, match=r"(?s)COIN/b1.mp4 \(sample COIN_b1.mp4\): missing.*on_bad_item=skip"):
         run_job(job, run, shard, tmp_path / "job")
-    assert not (tmp_path / "job" / "shards").exists()  # stopped before any work
+    assert not list((tmp_path / "job").rglob("*.jsonl"))  # stopped before any work
     skip = dataclasses.replace(job.dataset.config, on_bad_item=BadItem.skip)
     run_job(dataclasses.replace(job, dataset=Choice("dataset", "ovo_bench", skip)), run, shard, tmp_path / "job2")
     manifest = json.loads((tmp_path / "job2" / "manifest.json").read_text())
