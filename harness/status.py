@@ -21,6 +21,7 @@ from typing import Any
 
 from analysis.summary import markdown
 from harness.errors import DataError
+from harness.runner import lock
 from harness.runner.store import shard_stem
 from harness.sweep import HEARTBEAT_S, PLANS, status_files
 
@@ -242,13 +243,11 @@ def _job_state(
 
 
 def _alive(pid: Any) -> bool:
+    """Whether the job's process still runs on this host (True where no pid was recorded)."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, TypeError, ValueError):  # another user's process, or no pid recorded
+        return lock.running(int(pid))
+    except (TypeError, ValueError):
         return True
-    return True
 
 
 # ---- the finishing command

@@ -197,7 +197,7 @@ def _stale(holder: _Holder) -> str | None:
     """Why the holder is gone, or None while it may still be writing."""
     pid, host = holder.get("pid"), holder.get("host")
     if host == socket.gethostname() and isinstance(pid, int):
-        if not _running(pid):
+        if not running(pid):
             return f"process {pid} is not running"
         if holder.get("pid_start") not in (None, _start_time(pid)):
             return f"pid {pid} now belongs to another process"
@@ -252,7 +252,8 @@ def _read(path: Path) -> _Holder | None:
     return _Holder(content, time.time() - stat.st_mtime, "".join(c for c in identity if c.isalnum()))
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether a process of this host runs under `pid` (a zombie has exited)."""
     stat = _proc_stat(pid)
     if stat is not None:
         return stat[0] not in ("Z", "X")  # a zombie has exited: only its parent has not collected it yet
