@@ -15,12 +15,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import platform
 import signal
-import subprocess
-import time
 from collections import Counter
-from collections.abc import Collection, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,7 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from analysis.summary import ERROR_POLICY, markdown, summarize, table_headers, table_row
+from analysis.summary import summarize
 from backends.base import BACKENDS, Backend
 from harness.benchmarks.base import DATASETS, BadItem, Benchmark
 from harness.benchmarks.validate import screen
@@ -41,14 +38,15 @@ from harness.errors import ConfigError, Interrupted
 from harness.estimate import Estimate, estimate_job
 from harness.judge import Judge, JudgedBenchmark, Verdict, is_judged
 from harness.memory.base import MEMORIES
-from harness.records import RECORD_SCHEMA, Query, ResultRecord, StreamSample
+from harness.records import Query, ResultRecord, StreamSample
 from harness.response_cache import ResponseCache
 from harness.routers.base import ROUTERS
-from harness.runner import interrupt, lock, store
+from harness.runner import folder, interrupt, lock, store
 from harness.runner.plan import by_shard, shards_to_run
+from harness.runner.record import build_record
 from harness.scheduler import SCHEDULERS
 from harness.simulator import answer_time, play
-from harness.system import Answer, LatencySource, PathAnswer, Span, StreamSystem, latency_model
+from harness.system import Answer, LatencySource, Span, StreamSystem, latency_model
 from harness.video import FrameReader
 
 log = logging.getLogger(__name__)
@@ -82,20 +80,22 @@ def _run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> Job
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_hash = job.config_hash()
-    _refuse_other_config(out_dir, job, config_hash)
+    folder.refuse_other_config(out_dir, job, config_hash)
     _check_latency_models(job)
     if run.estimate:
         return _estimate_only(job, run, shard, out_dir)
-    spent_before = _spent_before(out_dir)
+    spent_before = folder.spent_before(out_dir)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(job.semantic(), sort_keys=False))
-    manifest = _manifest(out_dir, config_hash)
+    manifest = folder.new_manifest(out_dir, config_hash)
 
     benchmark = DATASETS.build(job.dataset)
     policy = getattr(job.dataset.config, "on_bad_item", BadItem.fail)
     samples, skipped = screen(benchmark.load(), policy, job.dataset.name, run.progress)
     shards_dir = out_dir / "shards"
     planned = shards_to_run(shard.count, shard.index)
-    existing = _existing_records(shards_dir, run.retry_errors, {store.shard_stem(i, shard.count) for i in planned})
+    existing = folder.existing_records(
+        shards_dir, run.retry_errors, {store.shard_stem(i, shard.count) for i in planned}
+    )
     if spent_before is None:  # a folder from before spending was tracked: its records' price is the best bound
         spent_before = sum(r.cost_usd for r in existing.values())
     manifest["spent_usd_total"] = spent_before  # kept if this run dies: the next one still counts it
@@ -130,9 +130,9 @@ def _run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> Job
     summary = summarize({**existing, **stats.written}.values(), benchmark.tasks)
     summary["skipped"] = len(skipped)
     if interrupted is None:
-        _write_summary(out_dir, label, config_hash, summary, benchmark.tasks, run.scoring == Scoring.robust)
+        folder.write_summary(out_dir, label, config_hash, summary, benchmark.tasks, run.scoring == Scoring.robust)
     manifest.update(
-        ended=_now(),
+        ended=folder.now(),
         reused=reused,
         new=stats.new,
         model_calls=stats.calls,
@@ -144,7 +144,7 @@ def _run_job(job: Job, run: RunConfig, shard: ShardConfig, out_dir: Path) -> Job
         spent_usd=round(budget.spent_usd, 6),  # what this run paid (cache hits are free)
         spent_usd_total=round(budget.total_usd, 6),  # what every run into this folder paid
         retries=dict(stats.retries),  # failed API tries that were retried, by kind
-        budget_reached=_budget_note(run, budget, n_queries - stats.new),
+        budget_reached=folder.budget_note(run, budget, n_queries - stats.new),
         batches_pending=stats.batches_pending,  # submitted batches this run stopped waiting for (batches.json)
         embeddings=vars(stats.embeddings),
         decode_s=round(stats.decode_s, 3),
@@ -303,7 +303,7 @@ async def _play_all(
                             judged[route] = await _judged(judge, benchmark, query, sample, path.text)  # type: ignore[arg-type]
                 span = _official_span(query) if official else (None, None)
                 policy = job.scheduler.name
-                record = _record(config_hash, sample, query, outcome, benchmark, span, audio, judged, policy)
+                record = build_record(config_hash, sample, query, outcome, benchmark, span, audio, judged, policy)
                 writers[index].append(record)
                 stats.written[query.id] = record
                 stats.new += 1
@@ -431,198 +431,3 @@ def _cache_key(cache: EmbeddingCache | None, sample: StreamSample, job: Job, enc
         return cache.key(sample.video, job.system.fps, job.system.max_side, encoder.identity)
     except OSError:  # a missing video: its error records come from the reader
         return None
-
-
-def _record(
-    config_hash: str,
-    sample: StreamSample,
-    query: Query,
-    outcome: Answer | Exception,
-    benchmark: Benchmark,
-    span: tuple[float | None, float | None] = (None, None),
-    audio: bool = False,
-    judged: Mapping[str, tuple[Verdict, Mapping[str, str | None]]] | None = None,
-    policy: str = "",
-) -> ResultRecord:
-    """The record of one query: the kept route's answer on top, every path's answer and usage in `paths`."""
-    common = dict(
-        schema=RECORD_SCHEMA,
-        config_hash=config_hash,
-        sample_id=sample.id,
-        query_id=query.id,
-        task=query.task,
-        kind=query.kind,
-        time_s=query.time_s,
-        span_start_s=span[0],
-        span_end_s=span[1],
-        policy=policy,
-        question=query.text,
-    )
-    if isinstance(outcome, Exception):
-        return ResultRecord(**common, error=f"{type(outcome).__name__}: {outcome}")  # type: ignore[arg-type]
-    judged = judged or {}
-    paths: dict[str, dict[str, Any]] = {"scheduler": vars(outcome.scheduler)} if outcome.scheduler.n_calls else {}
-    kept: dict[str, Any] = {}
-    for route, path in outcome.paths.items():
-        parsed, score, subscores = _scored(benchmark, sample, query, path, judged.get(route))
-        paths[route] = {
-            **vars(path.usage),
-            "response": path.text,
-            "parsed": parsed,
-            "score": score,
-            "subscores": subscores,
-            "confidence": path.confidence,
-            "response_time_s": path.response_time_s,
-            "answered_at_s": path.answered_at_s,
-        }
-        if path.polls is not None and path.polls.n_calls:  # a proactive query's polls, within the usage above
-            polls = vars(path.polls)
-            paths[route]["polls"] = {k: polls[k] for k in ("n_calls", "latency_s", "modelled_latency_s", "cost_usd")}
-        if route == outcome.decision.route:
-            kept = {"parsed": parsed, "score": score, "subscores": subscores}
-    verdict, judge_outputs = judged.get(outcome.decision.route, (None, {}))
-    usage = outcome.usage
-    memory = outcome.memory
-    return ResultRecord(
-        **common,  # type: ignore[arg-type]
-        route=outcome.decision.route,
-        route_reason=outcome.decision.reason,
-        route_score=outcome.decision.score,
-        features=outcome.features,
-        paths=paths,
-        answered_at_s=outcome.answered_at_s,
-        frame_times_s=outcome.frame_times_s,
-        response=outcome.text,
-        **kept,
-        latency_s=usage.latency_s,
-        modelled_latency_s=usage.modelled_latency_s,
-        tokens_in=usage.tokens_in,
-        tokens_out=usage.tokens_out,
-        visual_tokens=usage.visual_tokens,
-        ttft_s=usage.ttft_s,
-        n_calls=usage.n_calls,
-        cached_calls=usage.cached_calls,
-        cost_usd=usage.cost_usd,
-        response_time_s=outcome.response_time_s,
-        memory_frames=memory.frames,
-        memory_tokens=memory.tokens,
-        memory_bytes=memory.bytes,
-        memory_notes=memory.notes,
-        audio=audio,
-        judge_outputs={k: "" if v is None else v for k, v in judge_outputs.items()},
-        judge_failed=verdict.failed if verdict is not None else (),
-    )
-
-
-def _scored(
-    benchmark: Benchmark,
-    sample: StreamSample,
-    query: Query,
-    path: PathAnswer,
-    judged: tuple[Verdict, Mapping[str, str | None]] | None,
-) -> tuple[str | None, float, dict[str, float]]:
-    """(parsed, score, subscores) of one route's answer: the judge's verdict, or the benchmark's own rules."""
-    parsed = None if path.text is None else benchmark.parse(query, path.text)
-    if judged is not None:
-        return parsed, judged[0].score, dict(judged[0].subscores)
-    score, subscores = benchmark.score(query, sample.truths[query.id], parsed, path.response_time_s)
-    return parsed, score, dict(subscores)
-
-
-def _existing_records(shards_dir: Path, retry_errors: bool, mine: Collection[str] = ()) -> dict[str, ResultRecord]:
-    """Every record of the job folder by query id, whatever shard count wrote it. With retry_errors, error
-    records are dropped from the files this job holds (`mine`, by stem) or nobody holds (no lock file); a shard
-    another process holds keeps its errors, and they are not retried here."""
-    found: dict[str, ResultRecord] = {}
-    for path in sorted(shards_dir.glob("shard-*.jsonl")):
-        records = store.load_records(path)
-        free = path.stem in mine or not path.with_suffix(".lock").exists()
-        if retry_errors and free and any(r.has_error for r in records):
-            records = [r for r in records if not r.has_error]
-            store.rewrite(path, records)
-            path.with_suffix(".done").unlink(missing_ok=True)
-        found.update((r.query_id, r) for r in records)
-    return found
-
-
-def _refuse_other_config(out_dir: Path, job: Job, config_hash: str) -> None:
-    manifest_path = out_dir / "manifest.json"
-    if not manifest_path.exists():
-        return
-    previous = json.loads(manifest_path.read_text()).get("config_hash")
-    if previous == config_hash:
-        return
-    saved_path = out_dir / "config.yaml"
-    saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else {}
-    changes = _differences(saved or {}, job.semantic())
-    shown = "; ".join(changes[:5]) + (" ..." if len(changes) > 5 else "")
-    raise ConfigError(
-        f"{out_dir}: its records were written with config hash {previous}, this run has {config_hash} "
-        f"({shown or 'the saved config.yaml is missing'}). Mixing them would corrupt the results: "
-        f"start fresh with `rm -r {out_dir}`, or keep them and pick another run.name=..."
-    )
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"]
-
-
-def _manifest(out_dir: Path, config_hash: str) -> dict[str, Any]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions = {"python": platform.python_version()}
-    for package in ("dualstream-harness", "hydra-core", "omegaconf", "av", "numpy", "opencv-python-headless"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    manifest = {"config_hash": config_hash, "versions": versions, "git_commit": _git_commit(), "started": _now()}
-    store.write_json(out_dir / "manifest.json", manifest)
-    return manifest
-
-
-def _budget_note(run: RunConfig, budget: Budget, unasked: int) -> dict[str, Any] | None:
-    """The manifest's record of a budget stop (None: the budget, if any, was not reached)."""
-    if not budget.reached:
-        return None
-    return {"budget_usd": run.budget_usd, "spent_usd_total": round(budget.total_usd, 6), "unasked": unasked}
-
-
-def _spent_before(out_dir: Path) -> float | None:
-    """What earlier runs into this folder paid (their manifest); None where no manifest says."""
-    try:
-        value = json.loads((out_dir / "manifest.json").read_text()).get("spent_usd_total")
-    except (OSError, ValueError):
-        return None
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False)
-    except OSError:
-        return None
-    return out.stdout.strip() or None
-
-
-def _write_summary(
-    out_dir: Path, label: str, config_hash: str, summary: dict[str, Any], tasks: tuple[str, ...], robust: bool
-) -> None:
-    store.write_json(out_dir / "summary.json", {"job": label, "config_hash": config_hash, **summary})
-    table = markdown(table_headers(tasks, robust), [table_row(label, "done", summary, tasks, robust)])
-    calls = (
-        f"{summary['model_calls']} model calls ({summary['cached_calls']} served from the response cache), "
-        f"${summary['cost_usd']:.4f} at the configured prices."
-    )
-    (out_dir / "summary.md").write_text(
-        f"{table}\n\nAccuracy in %; {ERROR_POLICY}; overall = mean of the families.\n{calls}\n"
-    )
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
