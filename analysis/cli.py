@@ -125,15 +125,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from analysis.efficiency import efficiency_table
 
         table = efficiency_table(run_, args.caption, args.label)
-    from analysis.tables import render
+    from analysis.tables import emit, render
 
     text = render(table, args.format)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        print(text, end="")
+    emit(text, args.output)
     return 0
 
 

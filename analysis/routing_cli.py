@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from analysis import routing_reports as reports
     from analysis.routing import load_answers
     from analysis.routing_policies import parse_policy, simulate
-    from analysis.tables import render
+    from analysis.tables import emit, render
 
     answers = load_answers(args.run, args.with_)
     if args.routing == "rerun":
@@ -71,12 +71,7 @@ def run(args: argparse.Namespace) -> int:
         text = render(table, args.format)
         if args.format == "md" and examples:
             text += "\nExamples:\n" + "\n".join(examples) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text, encoding="utf-8")
-        print(f"wrote {args.output}")
-    else:
-        print(text, end="")
+    emit(text, args.output)
     return 0
 
 

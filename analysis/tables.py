@@ -12,6 +12,7 @@ import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 FORMATS = ("md", "latex", "csv")
 
@@ -208,3 +209,13 @@ def _tex(text: str) -> str:
 
 def _md_escape(text: str) -> str:
     return str(text).replace("|", "\\|")
+
+
+def emit(text: str, output: Path | None) -> None:
+    """A rendered table to `output` (its folder made), or to stdout."""
+    if output is None:
+        print(text, end="")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text, encoding="utf-8")
+    print(f"wrote {output}")

@@ -3,16 +3,11 @@ proactive polls inside the query's poll window."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
-from harness.memory import MEMORIES
-from harness.records import Query, Request, Response, StreamSample, Truth
-from harness.routers import ROUTERS
-from harness.scheduler import SCHEDULERS
-from harness.simulator import play
-from harness.system import Answer, Span, StreamSystem, SystemConfig
-from harness.video import FrameReader
+from harness.records import Query, Request, Response
+from harness.system import Answer, Span
+from tests.helpers import play_stream
 
 
 @dataclass
@@ -31,38 +26,8 @@ class Replies:
         pass
 
 
-class Prompts:
-    """The few benchmark methods a stream needs."""
-
-    def prompt(self, query: Query) -> str:
-        return query.text
-
-    def fired(self, text: str) -> bool:
-        return "yes" in text.lower()
-
-
 def _play(video, queries, backend, span: Span) -> dict[str, Answer]:
-    system_cfg = SystemConfig(fps=2.0, max_side=64, span=span)
-    memory = MEMORIES.build(MEMORIES.parse({"name": "window", "window_s": 1000.0}))
-    scheduler = SCHEDULERS.build(SCHEDULERS.parse({"name": "force_s2"}))
-    router = ROUTERS.build(ROUTERS.parse({"name": "uniform"}))
-    system = StreamSystem(system_cfg, {"S1": backend, "S2": backend}, scheduler, router, memory, Prompts())
-    sample = StreamSample("s", str(video), 8.0, tuple(queries), {q.id: Truth(q.id, "A") for q in queries})
-    answers: dict[str, Answer] = {}
-
-    async def emit(query: Query, outcome: Answer | Exception) -> None:
-        assert isinstance(outcome, Answer), outcome
-        answers[query.id] = outcome
-
-    async def run() -> None:
-        reader = FrameReader(str(video), system_cfg.fps, system_cfg.max_side)
-        try:
-            await play(sample, reader, system, {}, emit, poll_s=1.0, official_span=span == Span.official)
-        finally:
-            reader.close()
-
-    asyncio.run(run())
-    return answers
+    return play_stream(video, backend, queries, span=span)[0]
 
 
 def test_official_span_shows_frames_from_clip_start_to_clip_end_only(barcode_video_10fps):

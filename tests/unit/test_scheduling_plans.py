@@ -3,18 +3,13 @@ confidence or on one the model states, and the realtime clock's busy policy."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 
 import pytest
 
-from harness.memory import MEMORIES
-from harness.records import Query, Request, Response, StreamSample, Truth
-from harness.routers import ROUTERS
-from harness.scheduler import SCHEDULERS
-from harness.simulator import play
-from harness.system import Answer, BusyPolicy, LatencySource, StreamSystem, SystemConfig, stated_confidence
-from harness.video import FrameReader
+from harness.records import Query, Request, Response
+from harness.system import Answer, BusyPolicy, LatencySource, StreamSystem, stated_confidence
+from tests.helpers import play_stream
 
 CONFIDENCE_PROMPT = "Last line: 'Confidence: N' (0-100)."
 
@@ -45,36 +40,8 @@ class Scripted:
         pass
 
 
-class Prompts:
-    def prompt(self, query: Query) -> str:
-        return query.text
-
-    def fired(self, text: str) -> bool:
-        return "yes" in text.lower()
-
-
 def _play(video, backend, scheduler: dict, queries, **system) -> tuple[dict[str, Answer], StreamSystem]:
-    cfg = SystemConfig(fps=2.0, max_side=64, **system)
-    memory = MEMORIES.build(MEMORIES.parse({"name": "window", "window_s": 1000.0}))
-    router = ROUTERS.build(ROUTERS.parse({"name": "uniform"}))
-    policy = SCHEDULERS.build(SCHEDULERS.parse(scheduler))
-    stream = StreamSystem(cfg, {"S1": backend, "S2": backend}, policy, router, memory, Prompts())
-    sample = StreamSample("s", str(video), 8.0, tuple(queries), {q.id: Truth(q.id, "A") for q in queries})
-    answers: dict[str, Answer] = {}
-
-    async def emit(query: Query, outcome: Answer | Exception) -> None:
-        assert isinstance(outcome, Answer), outcome
-        answers[query.id] = outcome
-
-    async def run() -> None:
-        reader = FrameReader(str(video), cfg.fps, cfg.max_side)
-        try:
-            await play(sample, reader, stream, {}, emit, poll_s=1.0)
-        finally:
-            reader.close()
-
-    asyncio.run(run())
-    return answers, stream
+    return play_stream(video, backend, queries, scheduler, **system)
 
 
 QUERY = Query("q", 4.0, "What is it?", "realtime", "mcq", ("a", "b"))
